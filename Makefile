@@ -1,0 +1,52 @@
+# captioner: one entry point per task. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= cpu,train,dev
+DATA_DIR ?= ../shared/data/flickr8k
+RUN_DIR ?= runs/default
+BUNDLE_DIR ?= models/default
+PYTEST_ARGS ?=
+
+.PHONY: help install install-serve serve test check lint typecheck train export model bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+install: $(VENV)/bin/python ## install everything (serving, training, dev tools) into .venv
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+
+install-serve: $(VENV)/bin/python ## install only what serving needs (no TensorFlow)
+	$(PY) -m pip install -q -e '.[cpu]'
+
+serve: install-serve ## install and start the service on models/default (http://127.0.0.1:8000)
+	$(PY) -m service
+
+test: install ## install and run the test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+check: install ## ruff + mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+train: install ## train a caption model into $(RUN_DIR)
+	$(PY) -m training train --data-dir $(DATA_DIR) --run-dir $(RUN_DIR)
+
+export: install ## turn $(RUN_DIR) into a bundle in $(BUNDLE_DIR)
+	$(PY) -m export --run-dir $(RUN_DIR) --out $(BUNDLE_DIR)
+
+model: install ## reproduce models/default from the shared data (train, evaluate, export)
+	$(PY) -m training train --data-dir $(DATA_DIR) --run-dir $(RUN_DIR)
+	$(PY) -m export --run-dir $(RUN_DIR) --out $(BUNDLE_DIR) --evaluate
+
+bench: install ## benchmark: ceiling, service, no batching, naive baseline, int8, roofline
+	$(PY) -m loadtest bench
+
+clean: ## remove caches and build outputs (keeps .venv and models/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,29 @@
+"""Shared fixtures: a clean CAPTION_* environment for every test, and the shared Flickr8k data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CAPTION_TEST_DATA_DIR", REPO_ROOT.parent / "shared/data/flickr8k"))
+
+
+@pytest.fixture(autouse=True)
+def _clean_caption_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees CAPTION_* variables from the caller's shell."""
+    for name in list(os.environ):
+        if name.startswith("CAPTION_") and name != "CAPTION_TEST_DATA_DIR":
+            monkeypatch.delenv(name, raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def flickr8k_dir() -> Path:
+    """The shared Flickr8k folder (captions, splits, 224x224 images); never copied into the repo."""
+    if not (SHARED_DATA / "Flickr8k.token.txt").is_file():
+        pytest.fail(f"shared Flickr8k data not found at {SHARED_DATA}")
+    return SHARED_DATA
