@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION: Literal[1] = 1
 
 ResizeMethod = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
 FeatureRole = Literal["pooled", "grid"]
