@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CAPTION_TEST_DATA_DIR", REPO_ROOT.parent / "shared/data/flickr8k"))
+SHARED_DATA = Path(
+    os.environ.get("CAPTION_TEST_DATA_DIR", REPO_ROOT.parent / "shared/data/flickr8k")
+)
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +29,11 @@ def flickr8k_dir() -> Path:
     if not (SHARED_DATA / "Flickr8k.token.txt").is_file():
         pytest.fail(f"shared Flickr8k data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, manifest-valid bundle with tiny random ONNX graphs (see tests/tiny_bundle.py)."""
+    from tests.tiny_bundle import build_tiny_bundle  # imports onnx: only when a test needs it
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
