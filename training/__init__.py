@@ -1,0 +1,1 @@
+"""Offline training pipeline: encoders, feature cache, decoders, evaluation (imports TensorFlow)."""
