@@ -1,0 +1,327 @@
+"""``make bench``: one command, one run, one bundle and one image set, measured side by side.
+
+    (a) offline in-process pipeline (decode + resize + encode + greedy decode) at its best batch
+        size: the ceiling;
+    (b) the service over HTTP (``python -m service`` subprocess) with batching: max sustained
+        throughput (open-loop ramp to the knee), p50/p99 at 50/80/100% of it, and 2x overload;
+    (c) the same service with ``CAPTION_MAX_BATCH_SIZE=1``;
+    (d) the naive baseline (``loadtest.baseline``) on a few images, one at a time;
+    (e) int8 encoder against fp32, when the bundle has one;
+    (f) roofline: encoder FLOPs per image x encoder throughput / measured float32 peak.
+
+Results go to ``<out-dir>/benchmarks.md`` (+ ``.json`` and ``.png``); ``--quick`` runs every phase
+briefly (a smoke test, not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import gc
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtest import benchdoc, flops, generator
+from loadtest.baseline import load_baseline, measure
+from loadtest.payloads import PayloadPool, find_images
+from loadtest.report import plot_steps, write_json
+from loadtest.service_proc import ServiceProcess
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class BenchConfig:
+    bundle_dir: Path
+    images: Path | None
+    out_dir: Path
+    quick: bool = False
+    offline_images: int = 128
+    """Images per batch size in (a) and (e)."""
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    idle_s: float = 6.0
+    """Closed loop, one client: the idle single-request latency."""
+    step_s: float = 8.0
+    """Duration of each ramp step."""
+    level_s: float = 15.0
+    """Duration of the 50/80/100% and 2x runs."""
+    naive_images: int = 5
+    max_rate: float | None = None
+    """Cap on any offered rate (quick mode keeps the generator inside its own limits)."""
+    service_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BenchConfig:
+        cfg = cls(bundle_dir=args.bundle, images=args.images, out_dir=args.out_dir)
+        if args.quick:
+            cfg.quick = True
+            cfg.offline_images, cfg.batch_sizes = 16, (1, 4)
+            cfg.idle_s, cfg.step_s, cfg.level_s = 1.5, 1.5, 1.5
+            cfg.naive_images, cfg.max_rate = 1, 120.0
+        for item in args.service_env or []:
+            key, _, value = item.partition("=")
+            cfg.service_env[key] = value
+        return cfg
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, default=REPO_ROOT / "models" / "default")
+    p.add_argument("--images", type=Path, default=None, help="default: Flickr8k test images")
+    p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "docs")
+    p.add_argument("--quick", action="store_true", help="every phase, briefly (smoke test)")
+    p.add_argument(
+        "--service-env",
+        action="append",
+        metavar="CAPTION_X=V",
+        help="extra service settings for (b) and (c) (repeatable)",
+    )
+
+
+# --- (a), (e): in process ---------------------------------------------------------------------
+
+
+def _offline(model: Any, blobs: list[bytes], batch_size: int) -> dict[str, float]:
+    """End-to-end images/s (decode..caption) and encoder-only images/s at one batch size."""
+    request = model.request()
+    warm = blobs[:batch_size]
+    model.caption(
+        model.encode(np.stack([model.preprocess(b) for b in warm])), [request] * len(warm)
+    )
+    start = time.perf_counter()
+    arrays = []
+    for i in range(0, len(blobs), batch_size):
+        chunk = blobs[i : i + batch_size]
+        x = np.stack([model.preprocess(b) for b in chunk])
+        arrays.append(x)
+        model.caption(model.encode(x), [request] * len(chunk))
+    e2e = len(blobs) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for x in arrays:
+        model.encode(x)
+    encoder = len(blobs) / (time.perf_counter() - start)
+    return {"batch_size": batch_size, "throughput": e2e, "encoder_throughput": encoder}
+
+
+def offline_phase(cfg: BenchConfig, blobs: list[bytes], *, use_int8: bool) -> dict[str, Any]:
+    from service.runtime import CaptionModel
+
+    model = CaptionModel.load(cfg.bundle_dir, use_int8=use_int8)
+    rows = []
+    for size in cfg.batch_sizes:
+        rows.append(_offline(model, blobs, size))
+        print(
+            f"  {'int8' if use_int8 else 'fp32'} batch {size}: {rows[-1]['throughput']:.1f} img/s "
+            f"end to end, encoder {rows[-1]['encoder_throughput']:.1f} img/s",
+            flush=True,
+        )
+    best = max(rows, key=lambda r: r["throughput"])
+    best_enc = max(rows, key=lambda r: r["encoder_throughput"])
+    sample = model.caption_images(
+        np.stack([model.preprocess(b) for b in blobs[:3]]), [model.request()] * 3
+    )
+    return {
+        "int8": use_int8,
+        "rows": rows,
+        "best": best,
+        "best_encoder": best_enc,
+        "sample_captions": [c[0].text for c in sample],
+    }
+
+
+def roofline_phase(cfg: BenchConfig, offline: dict[str, Any]) -> dict[str, Any]:
+    from service.manifest import load_manifest
+
+    manifest = load_manifest(cfg.bundle_dir)
+    enc = flops.count_macs(cfg.bundle_dir / manifest.encoder.file)
+    dec = flops.count_macs(cfg.bundle_dir / manifest.decoder.file)
+    peak = flops.measure_peak_gflops(1024 if cfg.quick else 2048)
+    enc_tput = offline["best_encoder"]["encoder_throughput"]
+    e2e_tput = offline["best"]["throughput"]
+    return {
+        "encoder_gflops_per_image": enc.flops / 1e9,
+        "encoder_macs_by_op": enc.by_op,
+        "encoder_uncounted_nodes": enc.uncounted,
+        "decoder_mflops_per_step": dec.flops / 1e6,
+        "peak_gflops": peak,
+        "encoder_achieved_gflops": enc.flops * enc_tput / 1e9,
+        "encoder_fraction_of_peak": enc.flops * enc_tput / 1e9 / peak,
+        "pipeline_encoder_fraction_of_peak": enc.flops * e2e_tput / 1e9 / peak,
+    }
+
+
+# --- (b), (c): the service over HTTP ----------------------------------------------------------
+
+
+async def _capacity(
+    client: Any,
+    target: generator.Target,
+    pool: PayloadPool,
+    cfg: BenchConfig,
+    *,
+    ceiling: float,
+    bound_ms: float,
+) -> dict[str, Any]:
+    """A coarse ramp in steps of ceiling/10, then a finer one between the last good step and
+    the knee. Max sustained = best throughput of a step within every criterion."""
+    cap = cfg.max_rate or 4 * ceiling
+    coarse = max(1.0, min(ceiling, cap) / 10)
+    ramp = functools.partial(
+        generator.ramp,
+        client,
+        target,
+        pool,
+        step_duration_s=cfg.step_s,
+        p99_bound_ms=bound_ms,
+        progress=not cfg.quick,
+    )
+    first = await ramp(start=coarse, step=coarse, max_rate=min(2 * ceiling, cap))
+    steps = list(first.summaries)
+    good = first.max_sustained_rate or 0.0
+    knee = first.knee_rate
+    if knee is not None:
+        fine = (knee - good) / 4
+        if fine >= 0.5:
+            second = await ramp(start=good + fine, step=fine, max_rate=knee - fine / 2, seed=100)
+            steps += second.summaries
+    good_steps = [s for s in steps if s["past_knee"] is None]
+    best = max(good_steps, key=lambda s: s["throughput"]) if good_steps else None
+    steps.sort(key=lambda s: s["offered_rate"])
+    return {
+        "criteria": first.criteria,
+        "steps": steps,
+        "max_sustained_throughput": best["throughput"] if best else None,
+        "max_sustained_rate": best["offered_rate"] if best else None,
+        "knee_reason": first.knee_reason,
+    }
+
+
+async def _service_run(
+    cfg: BenchConfig, pool: PayloadPool, env: dict[str, str], ceiling: float
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"env": env}
+    log = cfg.out_dir / f"service-{env.get('CAPTION_MAX_BATCH_SIZE', 'default')}.log"
+    with ServiceProcess(cfg.bundle_dir, env=env, log_path=Path("/tmp") / log.name) as svc:
+        target = generator.Target(svc.base_url, timeout_s=60.0)
+        async with generator.make_client() as client:
+            await generator.closed_loop(
+                client, target, pool, concurrency=2, duration_s=1.0, progress=False
+            )  # warm connections and code paths
+            idle = (
+                await generator.closed_loop(
+                    client, target, pool, concurrency=1, duration_s=cfg.idle_s, progress=False
+                )
+            ).summary()
+            out["idle"] = idle
+            idle_p50 = idle["latency_ms"]["p50"]
+            bound = max(5 * idle_p50, 100.0)
+            print(
+                f"  idle latency p50 {idle_p50:.1f} ms; knee bound p99 <= {bound:.0f} ms",
+                flush=True,
+            )
+            cap = await _capacity(client, target, pool, cfg, ceiling=ceiling, bound_ms=bound)
+            out["capacity"] = cap
+            best = cap["max_sustained_throughput"] or cap["steps"][0]["throughput"]
+            print(f"  max sustained throughput {best:.1f}/s", flush=True)
+            levels: dict[str, Any] = {}
+            for frac in (0.5, 0.8, 1.0, 2.0):
+                rate = max(0.5, frac * best)
+                step = await generator.open_loop(
+                    client,
+                    target,
+                    pool,
+                    rate=rate,
+                    duration_s=cfg.level_s,
+                    seed=int(frac * 10),
+                    progress=not cfg.quick,
+                )
+                levels[f"{frac:g}"] = step.summary()
+                print("  " + generator.step_line(levels[f"{frac:g}"]), flush=True)
+            out["levels"] = levels
+    return out
+
+
+def service_phase(
+    cfg: BenchConfig, pool: PayloadPool, ceiling: float, batching: bool
+) -> dict[str, Any]:
+    env = dict(cfg.service_env)
+    if not batching:
+        env["CAPTION_MAX_BATCH_SIZE"] = "1"
+    return asyncio.run(_service_run(cfg, pool, env, ceiling))
+
+
+# --- the whole run ----------------------------------------------------------------------------
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    paths = find_images(cfg.images)
+    blobs = [p.read_bytes() for p in paths[: cfg.offline_images]]
+    results: dict[str, Any] = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+    }
+    results["machine"] = benchdoc.machine()
+    results["images"] = {
+        "folder": str(paths[0].parent),
+        "available": len(paths),
+        "used": len(blobs),
+    }
+    from service.manifest import load_manifest
+
+    manifest = load_manifest(cfg.bundle_dir)
+    results["bundle"] = {
+        "dir": str(cfg.bundle_dir),
+        "name": manifest.name,
+        "version": manifest.version,
+        "encoder": manifest.encoder.name,
+        "decoder": manifest.decoder.architecture,
+        "int8": manifest.encoder.int8_file,
+    }
+
+    print("(a) offline pipeline, fp32", flush=True)
+    results["offline"] = offline_phase(cfg, blobs, use_int8=False)
+    ceiling = results["offline"]["best"]["throughput"]
+    if manifest.encoder.int8_file:
+        print("(e) offline pipeline, int8 encoder", flush=True)
+        results["offline_int8"] = offline_phase(cfg, blobs, use_int8=True)
+    print("(f) roofline", flush=True)
+    results["roofline"] = roofline_phase(cfg, results["offline"])
+    gc.collect()
+
+    pool = PayloadPool.from_images(paths[: len(blobs)], "upload")
+    print("(b) service with batching", flush=True)
+    results["service"] = service_phase(cfg, pool, ceiling, batching=True)
+    print("(c) service with CAPTION_MAX_BATCH_SIZE=1", flush=True)
+    results["service_batch1"] = service_phase(cfg, pool, ceiling, batching=False)
+
+    print("(d) naive baseline", flush=True)
+    baseline = load_baseline(cfg.bundle_dir)
+    naive = measure(baseline, blobs[: cfg.naive_images])
+    results["naive"] = naive.to_dict()
+    print(f"  {naive.label}: {naive.throughput:.3f} img/s", flush=True)
+    results["ratios"] = benchdoc.ratios(results)
+    return results
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = BenchConfig.from_args(args)
+    started = time.time()
+    results = run(cfg)
+    results["wall_s"] = time.time() - started
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(cfg.out_dir / "benchmarks.json", results)
+    plot_steps(
+        {
+            "batching": results["service"]["capacity"]["steps"],
+            "max_batch_size=1": results["service_batch1"]["capacity"]["steps"],
+        },
+        cfg.out_dir / "benchmarks.png",
+        title="captioner service: open-loop ramp (Poisson arrivals)",
+    )
+    doc = benchdoc.write(cfg.out_dir / "benchmarks.md", results, quick=cfg.quick)
+    print(benchdoc.ratio_lines(results["ratios"]))
+    print(f"wrote {doc}")
+    return 0

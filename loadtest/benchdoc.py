@@ -1,0 +1,250 @@
+"""The benchmark's ratios, targets and ``docs/benchmarks.md``."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "b_over_a": (">=", 0.85),
+    "b_over_d": (">=", 10.0),
+    "p99_at_80_over_idle": ("<=", 3.0),
+    "overload_503_p99_ms": ("<", 50.0),
+}
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, memory and the software that matters to the numbers."""
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in lscpu.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Hypervisor vendor"):
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    info["cores_usable"] = len(os.sched_getaffinity(0))
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    info["load_average_at_start"] = os.getloadavg()
+    return info
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    a = results["offline"]["best"]["throughput"]
+    b = results["service"]["capacity"]["max_sustained_throughput"]
+    c = results["service_batch1"]["capacity"]["max_sustained_throughput"]
+    d = results["naive"]["throughput"]
+    out: dict[str, Any] = {"a": a, "b": b, "c": c, "d": d}
+    out["b_over_a"] = _div(b, a)
+    out["b_over_c"] = _div(b, c)
+    out["b_over_d"] = _div(b, d)
+    if "offline_int8" in results:
+        i8 = results["offline_int8"]
+        out["e_int8_over_fp32"] = _div(i8["best"]["throughput"], a)
+        out["e_int8_over_fp32_encoder"] = _div(
+            i8["best_encoder"]["encoder_throughput"],
+            results["offline"]["best_encoder"]["encoder_throughput"],
+        )
+    out["f_encoder_fraction_of_peak"] = results["roofline"]["encoder_fraction_of_peak"]
+    levels = results["service"]["levels"]
+    idle = results["service"]["idle"]["latency_ms"].get("p50")
+    out["idle_p50_ms"] = idle
+    out["p99_at_80_over_idle"] = _div(levels["0.8"]["latency_ms"].get("p99"), idle)
+    over = levels["2"]
+    out["overload_503_share"] = over["rejected_503_share"]
+    out["overload_503_p99_ms"] = over["rejected_503_service_ms"].get("p99")
+    out["overload_accepted_max_ms"] = over["latency_ms"].get("p99")
+    out["overload_errors"] = over["errors"]
+    return out
+
+
+def verdict(name: str, value: float | None) -> str:
+    if name not in TARGETS:
+        return ""
+    if value is None:
+        return "n/a"
+    op, bound = TARGETS[name]
+    ok = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
+    return f"{'met' if ok else 'MISSED'} (target {op} {bound:g})"
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def ratio_lines(r: dict[str, Any]) -> str:
+    names = [
+        ("b/a  service / offline ceiling", "b_over_a"),
+        ("b/c  batching / max_batch_size=1", "b_over_c"),
+        ("b/d  service / naive baseline", "b_over_d"),
+        ("e    int8 / fp32 (end to end)", "e_int8_over_fp32"),
+        ("e    int8 / fp32 (encoder only)", "e_int8_over_fp32_encoder"),
+        ("f    encoder fraction of fp32 peak", "f_encoder_fraction_of_peak"),
+        ("p99 at 80% / idle p50", "p99_at_80_over_idle"),
+        ("2x load: 503 answered in (p99 ms)", "overload_503_p99_ms"),
+    ]
+    return "\n".join(
+        f"{label:<38} {_f(r.get(key), 3):>9}  {verdict(key, r.get(key))}" for label, key in names
+    )
+
+
+def _level_rows(service: dict[str, Any]) -> list[str]:
+    rows = []
+    for frac, s in service["levels"].items():
+        lat = s["latency_ms"]
+        srv = s.get("server", {})
+        rows.append(
+            f"| {float(frac):.0%} | {s['offered_rate']:.1f} | {s['throughput']:.1f} | "
+            f"{_f(lat.get('p50'))} | {_f(lat.get('p99'))} | {s['rejected_503_share']:.1%} | "
+            f"{_f(s['rejected_503_service_ms'].get('p99'))} | "
+            f"{_f(srv.get('batch_size_mean'), 2)} | {_f(srv.get('queue_wait_p99_ms'))} |"
+        )
+    return rows
+
+
+def write(path: Path, results: dict[str, Any], *, quick: bool) -> Path:
+    r = results["ratios"]
+    m = results["machine"]
+    off = results["offline"]
+    svc, svc1 = results["service"], results["service_batch1"]
+    roof = results["roofline"]
+    naive = results["naive"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m loadtest bench`); do not edit by hand.",
+        "",
+    ]
+    if quick:
+        lines += [
+            "**QUICK MODE: a smoke run with very short steps; these are not measurements.**",
+            "",
+        ]
+    lines += [
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
+        f"whole run {results.get('wall_s', 0):.0f} s.",
+        "- Command: `make bench` "
+        f"(= `python -m loadtest bench --bundle {results['bundle']['dir']}`).",
+        f"- Machine: {m.get('Model name', '?')}, {m.get('CPU(s)', '?')} CPUs "
+        f"({m['cores_usable']} usable), {m.get('memory_gib', '?')} GiB, "
+        f"{m.get('Hypervisor vendor', 'bare metal')} VM; Python {m['python']}, "
+        f"ONNX Runtime {m.get('onnxruntime', '?')}; load average at start "
+        f"{', '.join(f'{x:.1f}' for x in m['load_average_at_start'])}.",
+        f"- Bundle: `{results['bundle']['name']}` {results['bundle']['version']} "
+        f"(encoder {results['bundle']['encoder']}, decoder {results['bundle']['decoder']}).",
+        f"- Images: {results['images']['folder']} ({results['images']['available']} available; "
+        f"{results['images']['used']} used offline and by the load generator).",
+        "- The load generator runs on the same 2 cores as the service: every HTTP figure pays "
+        "for the client's CPU too.",
+        "",
+        "## Summary",
+        "",
+        "| | configuration | captions/s | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+        f"| a | offline in-process pipeline, best batch {off['best']['batch_size']} (ceiling) | "
+        f"{_f(r['a'])} | | |",
+        f"| b | service over HTTP, batching (max sustained) | {_f(r['b'])} | "
+        f"{_f(svc['levels']['1']['latency_ms'].get('p50'))} | "
+        f"{_f(svc['levels']['1']['latency_ms'].get('p99'))} |",
+        f"| c | service, `CAPTION_MAX_BATCH_SIZE=1` (max sustained) | {_f(r['c'])} | "
+        f"{_f(svc1['levels']['1']['latency_ms'].get('p50'))} | "
+        f"{_f(svc1['levels']['1']['latency_ms'].get('p99'))} |",
+        f"| d | naive baseline ({naive['label']}; {naive['images']} images, 1 / mean latency) | "
+        f"{_f(r['d'], 3)} | {_f(1000 * naive['mean_s'], 0)} (mean) | |",
+    ]
+    if "offline_int8" in results:
+        i8 = results["offline_int8"]
+        lines.append(
+            f"| e | offline pipeline, int8 encoder, best batch {i8['best']['batch_size']} | "
+            f"{_f(i8['best']['throughput'])} | | |"
+        )
+    lines += [
+        "",
+        "p50/p99 for b and c are at 100% of their max sustained rate (Poisson arrivals), measured "
+        "from each request's scheduled send time.",
+        "",
+        "## Ratios and targets",
+        "",
+        "```",
+        ratio_lines(r),
+        "```",
+        "",
+        "## Offline pipeline by batch size (a, e)",
+        "",
+        "| encoder | batch | end to end img/s | encoder only img/s |",
+        "|---|---|---|---|",
+    ]
+    for block in [off, results.get("offline_int8")]:
+        if block:
+            for row in block["rows"]:
+                lines.append(
+                    f"| {'int8' if block['int8'] else 'fp32'} | {row['batch_size']} | "
+                    f"{row['throughput']:.1f} | {row['encoder_throughput']:.1f} |"
+                )
+    lines += [
+        "",
+        f"Sample captions: {'; '.join(repr(c) for c in off['sample_captions'])}.",
+        "",
+        "## Roofline (f)",
+        "",
+        f"- Encoder: {roof['encoder_gflops_per_image']:.3f} GFLOP per image (2 x MACs of "
+        f"Conv/MatMul/Gemm, counted with ONNX shape inference at batch 1; "
+        f"{roof['encoder_macs_by_op']}); decoder {roof['decoder_mflops_per_step']:.2f} MFLOP "
+        "per step.",
+        f"- Peak: {roof['peak_gflops']:.1f} GFLOP/s (float32 NumPy matmul, best of 5).",
+        f"- Encoder alone at its best batch: {roof['encoder_achieved_gflops']:.1f} GFLOP/s = "
+        f"{roof['encoder_fraction_of_peak']:.1%} of peak; the whole offline pipeline's images/s "
+        f"puts the encoder at {roof['pipeline_encoder_fraction_of_peak']:.1%}.",
+        "",
+        "## Service under load (b, c)",
+        "",
+        "![throughput and latency against offered load](benchmarks.png)",
+        "",
+    ]
+    head = (
+        "| load | offered /s | ok /s | p50 ms | p99 ms | 503 share | 503 p99 ms | "
+        "mean batch | queue wait p99 ms |"
+    )
+    for title, block in (("batching (b)", svc), ("`CAPTION_MAX_BATCH_SIZE=1` (c)", svc1)):
+        idle = block["idle"]["latency_ms"]
+        cap = block["capacity"]
+        lines += [
+            f"### {title}",
+            "",
+            f"Idle single-request latency p50 {_f(idle.get('p50'))} ms, p99 "
+            f"{_f(idle.get('p99'))} ms. Knee criteria: throughput >= "
+            f"{cap['criteria']['follow_ratio']:g} x offered, p99 <= "
+            f"{cap['criteria']['p99_bound_ms']:.0f} ms, errors <= "
+            f"{cap['criteria']['max_error_share']:.0%}; knee: {cap['knee_reason']}.",
+            "",
+            head,
+            "|---|---|---|---|---|---|---|---|---|",
+            *_level_rows(block),
+            "",
+        ]
+    lines += [
+        "503 p99 is measured from the actual send (time to be told no); p50/p99 of accepted "
+        "requests from the scheduled send. Raw numbers: `benchmarks.json`.",
+        "",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,98 @@
+"""Per-request records and the per-step summary every report is built from.
+
+Latency is measured from each request's *scheduled* send time, so a generator that falls behind
+(or a server that stalls it) cannot hide queueing: this avoids coordinated omission. The time from
+the actual send is kept beside it (``service_ms``) and so is the send lag, to show whether the
+generator itself kept to its schedule.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+CLIENT_ERROR = 0
+"""``status`` of a request that got no HTTP response (connection error, client timeout)."""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request; times are seconds from the start of its step on the loop's monotonic clock."""
+
+    scheduled: float
+    sent: float
+    done: float
+    status: int
+    code: str | None = None
+    """The error body's machine-readable ``code`` (or the client-side error's name)."""
+
+    @property
+    def latency(self) -> float:
+        return self.done - self.scheduled
+
+    @property
+    def service_time(self) -> float:
+        return self.done - self.sent
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+def percentiles_ms(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
+    """``{"p50": ms, ...}`` of values in seconds; empty dict when there are none."""
+    if not values:
+        return {}
+    arr = np.asarray(values, dtype=np.float64) * 1000.0
+    return {f"p{q:g}": float(np.percentile(arr, q)) for q in qs}
+
+
+@dataclass
+class StepResult:
+    """One load step: how it was driven, every request, and the service's metrics delta."""
+
+    mode: str
+    """``open`` (arrivals at a set rate) or ``closed`` (N clients in a loop)."""
+    duration_s: float
+    records: list[RequestRecord]
+    offered_rate: float | None = None
+    arrivals: str | None = None
+    concurrency: int | None = None
+    server: dict[str, Any] = field(default_factory=dict)
+    """``promscrape.summarise_delta`` of /metrics scraped before and after the step."""
+
+    def summary(self) -> dict[str, Any]:
+        records = self.records
+        ok = [r for r in records if r.ok]
+        rejected = [r for r in records if r.status == 503]
+        failures = Counter(
+            f"{r.status}:{r.code}" if r.code else str(r.status) for r in records if not r.ok
+        )
+        end = max([self.duration_s, *(r.done for r in records)])
+        lags = [r.sent - r.scheduled for r in records]
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "offered_rate": self.offered_rate,
+            "offered_actual": len(records) / self.duration_s if self.offered_rate else None,
+            "arrivals": self.arrivals,
+            "concurrency": self.concurrency,
+            "duration_s": self.duration_s,
+            "requests": len(records),
+            "ok": len(ok),
+            "throughput": len(ok) / end if end > 0 else 0.0,
+            "latency_ms": percentiles_ms([r.latency for r in ok]),
+            "latency_mean_ms": 1000 * float(np.mean([r.latency for r in ok])) if ok else None,
+            "service_ms": percentiles_ms([r.service_time for r in ok]),
+            "errors": dict(sorted(failures.items())),
+            "error_share": (len(records) - len(ok)) / len(records) if records else 0.0,
+            "rejected_503_share": len(rejected) / len(records) if records else 0.0,
+            "rejected_503_latency_ms": percentiles_ms([r.latency for r in rejected], (50, 99)),
+            "rejected_503_service_ms": percentiles_ms([r.service_time for r in rejected], (50, 99)),
+            "send_lag_ms": percentiles_ms(lags, (50, 99, 100)),
+            "server": self.server,
+        }
+        return out
