@@ -108,7 +108,8 @@ def keras_features(encoder: Any, images: np.ndarray, role: FeatureRole) -> np.nd
 
 def greedy_tokens(step: Any, features: np.ndarray, shape: DecoderShape) -> list[tuple[int, ...]]:
     """Greedy token ids per image through the shared batched decoder."""
-    request = DecodeRequest(beam_size=1, max_length=shape.max_length)
+    # DecoderSpec.max_length counts <start>; decoding counts generated tokens only.
+    request = DecodeRequest(beam_size=1, max_length=shape.max_length - 1)
     results = decode_batch(
         step,
         features,

@@ -28,7 +28,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from service.manifest import FeatureRole, Preprocessing
 
-from .images import load_batch, train_head, validation_tail
+from .images import load_batch, train_head, validation_images
 from .parity import DecoderShape, OnnxStep, greedy_tokens, ort_session
 
 CALIBRATION_BATCH = 8
@@ -163,7 +163,7 @@ def quantize_bundle_encoder(
     """Quantise ``bundle_dir/encoder_file`` into ``int8_file``; return the manifest record."""
     calibration = train_head(data_dir, calibration_images)
     quantize_encoder(bundle_dir / encoder_file, bundle_dir / int8_file, calibration, preprocessing)
-    held_out = load_batch(validation_tail(data_dir, agreement_images), preprocessing)
+    held_out = load_batch(validation_images(data_dir, agreement_images), preprocessing)
     report = compare_encoders(
         bundle_dir / encoder_file,
         bundle_dir / int8_file,

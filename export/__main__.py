@@ -1,0 +1,141 @@
+"""``python -m export``: training run -> checked model bundle (see ``export.bundle``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .bundle import BundleExistsError, ExportOptions, record_metrics, write_bundle
+from .onnx_export import DEFAULT_OPSET, ExportError
+from .parity import DEFAULT_FEATURE_TOLERANCE, DEFAULT_LOGPROB_TOLERANCE, ParityError
+
+log = logging.getLogger("export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description=(
+            "Export a training run (Keras encoder + merge LSTM decoder) to an ONNX model bundle: "
+            "manifest.json, encoder.onnx, decoder.onnx, vocab.json, decoder.keras.weights.h5. "
+            "The export checks ONNX Runtime against Keras on real images and fails (writing "
+            "nothing) when they disagree."
+        ),
+    )
+    arg = parser.add_argument
+    arg("--run-dir", type=Path, required=True, help="training run folder (config.json, ...)")
+    arg("--out", type=Path, required=True, help="bundle folder to create, e.g. models/default")
+    arg("--name", help="model name in the manifest (default: the --out folder name)")
+    arg("--version", default="1.0.0", help="model version in the manifest (default: 1.0.0)")
+    arg(
+        "--data-dir",
+        type=Path,
+        help="Flickr8k folder for the parity, calibration and evaluation images "
+        "(default: $CAPTION_DATA_DIR or ../shared/data/flickr8k)",
+    )
+    arg("--force", action="store_true", help="replace an existing bundle at --out")
+    arg(
+        "--quantize",
+        choices=["int8"],
+        help="also write encoder.int8.onnx (static QDQ int8, calibrated on real train images) "
+        "and record its speed-up and caption agreement in the manifest",
+    )
+    arg(
+        "--evaluate",
+        action="store_true",
+        help="after writing, score the bundle on the test split (beam search) and store the "
+        "metrics in manifest.json",
+    )
+    arg("--eval-beam-size", type=int, default=3, help="beam size for --evaluate (default: 3)")
+    arg("--eval-limit", type=int, help="evaluate on the first N test images only (default: all)")
+    arg("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    arg("--parity-images", type=int, default=8, help="real images for the parity check (def. 8)")
+    arg(
+        "--feature-tolerance",
+        type=float,
+        default=DEFAULT_FEATURE_TOLERANCE,
+        help=f"max |ONNX - Keras| on encoder features (default: {DEFAULT_FEATURE_TOLERANCE:g})",
+    )
+    arg(
+        "--logprob-tolerance",
+        type=float,
+        default=DEFAULT_LOGPROB_TOLERANCE,
+        help=f"max |ONNX - Keras| on decoder log-probs (default: {DEFAULT_LOGPROB_TOLERANCE:g})",
+    )
+    arg(
+        "--calibration-images",
+        type=int,
+        default=200,
+        help="train images used to calibrate --quantize int8 (default: 200)",
+    )
+    arg(
+        "--agreement-images",
+        type=int,
+        default=100,
+        help="validation images on which int8 and fp32 captions are compared (default: 100)",
+    )
+    return parser
+
+
+def evaluate(bundle: Path, data_dir: Path, beam_size: int, limit: int | None) -> dict[str, Any]:
+    """Score ``bundle`` on the test split with ``training.evaluate``; return its summary."""
+    from training import evaluate as evaluation
+
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = ["--bundle", str(bundle), "--split", "test", "--beam-size", str(beam_size)]
+        argv += ["--out", tmp, "--data-dir", str(data_dir)]
+        if limit is not None:
+            argv += ["--limit", str(limit)]
+        code = evaluation.main(argv)
+        if code != 0:
+            raise RuntimeError(f"evaluation failed with exit code {code}")
+        summary: dict[str, Any] = json.loads((Path(tmp) / "summary.json").read_text())
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from training.paths import default_data_dir
+
+    from .run import sources_from_run
+
+    data_dir = default_data_dir(args.data_dir)
+    options = ExportOptions(
+        name=args.name or args.out.resolve().name,
+        version=args.version,
+        data_dir=data_dir,
+        force=args.force,
+        opset=args.opset,
+        parity_images=args.parity_images,
+        feature_tolerance=args.feature_tolerance,
+        logprob_tolerance=args.logprob_tolerance,
+        quantize=args.quantize == "int8",
+        calibration_images=args.calibration_images,
+        agreement_images=args.agreement_images,
+    )
+    if args.out.exists() and not args.force:
+        print(f"error: {args.out} exists; pass --force to replace it", file=sys.stderr)
+        return 2
+    try:
+        sources = sources_from_run(args.run_dir)
+        bundle = write_bundle(sources, args.out, options)
+    except (ParityError, ExportError, BundleExistsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    log.info("wrote bundle %s", bundle)
+    if args.evaluate:
+        summary = evaluate(bundle, data_dir, args.eval_beam_size, args.eval_limit)
+        record_metrics(bundle, {"test": summary})
+        log.info("test metrics: %s", summary.get("metrics", summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Turn a training run folder into ``ExportSources``.
+
+Run folder (written by ``python -m training train``): ``config.json``, ``vocab.json``,
+``best.weights.h5``, ``history.json``. The decoder comes from ``training.model.load_run`` (best
+weights, step model); the encoder is rebuilt by ``training.encoders.build_encoder`` from the
+encoder name, weights and input size recorded in the config, exactly as the features were made.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from training.encoders import build_encoder, encoder_info
+from training.model import BEST_WEIGHTS_FILE, load_run
+
+from .bundle import ExportSources
+
+HISTORY_FILE = "history.json"
+KERAS_MODEL_RECIPE = (
+    "training.model.build_training_model(ModelConfig.from_dict(config['model'])) "
+    "then load_weights(keras_weights_file)"
+)
+
+
+def _encoder_settings(config: dict[str, Any]) -> tuple[str, str | None, int | None]:
+    """(name, weights, input_size) of the encoder the run's features came from."""
+    encoder = config.get("encoder", "efficientnet_lite0")
+    if isinstance(encoder, dict):
+        name = str(encoder.get("name", "efficientnet_lite0"))
+        weights = encoder.get("weights", config.get("weights", "imagenet"))
+        size = encoder.get("input_size", config.get("input_size"))
+    else:
+        name = str(encoder)
+        weights = config.get("weights", "imagenet")
+        size = config.get("input_size")
+    return name, (None if weights in (None, "none", "random") else str(weights)), size
+
+
+def _per_epoch(history: Any) -> list[dict[str, Any]]:
+    """History as a list of per-epoch dicts, whether stored by epoch or by metric."""
+    if isinstance(history, dict) and "epochs" in history and isinstance(history["epochs"], list):
+        history = history["epochs"]
+    if isinstance(history, list):
+        return [dict(row) for row in history if isinstance(row, dict)]
+    if isinstance(history, dict):
+        columns = {k: v for k, v in history.items() if isinstance(v, list)}
+        length = max((len(v) for v in columns.values()), default=0)
+        return [{k: v[i] for k, v in columns.items() if i < len(v)} for i in range(length)]
+    return []
+
+
+def history_summary(run_dir: Path) -> dict[str, Any]:
+    """Final and best figures of ``history.json`` (empty when the file is absent)."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        return {}
+    epochs = _per_epoch(json.loads(path.read_text()))
+    if not epochs:
+        return {}
+    final = {k: v for k, v in epochs[-1].items() if isinstance(v, int | float)}
+    summary: dict[str, Any] = {"epochs": len(epochs), "final": final}
+    val = [(row["val_loss"], i) for i, row in enumerate(epochs) if "val_loss" in row]
+    if val:
+        best_loss, best_index = min(val)
+        summary["best_val_loss"] = best_loss
+        summary["best_epoch"] = int(epochs[best_index].get("epoch", best_index + 1))
+    seconds = [row["seconds"] for row in epochs if isinstance(row.get("seconds"), int | float)]
+    if seconds:
+        summary["train_seconds"] = round(float(sum(seconds)), 1)
+    return summary
+
+
+def sources_from_run(run_dir: Path) -> ExportSources:
+    """Load the run's best decoder and rebuild its encoder."""
+    run = load_run(run_dir)
+    name, weights, input_size = _encoder_settings(run.config)
+    info = encoder_info(name, weights=weights, input_size=input_size)
+    if info.feature_dim != run.model_config.feature_dim:
+        raise ValueError(
+            f"encoder {name} gives {info.feature_dim}-d features, "
+            f"the decoder expects {run.model_config.feature_dim}"
+        )
+    encoder = build_encoder(name, weights=weights, input_size=input_size, outputs=("pooled",))
+    max_length = int(run.config.get("max_length", 20))
+    return ExportSources(
+        encoder=encoder,
+        encoder_name=name,
+        encoder_weights=info.weights_desc,
+        preprocessing=info.preprocessing,
+        feature_dim=info.feature_dim,
+        grid_size=info.grid_size,
+        step_model=run.step_model,
+        vocab=run.vocab,
+        hidden_size=run.model_config.units,
+        max_length=max_length,
+        training={
+            "config": run.config,
+            "history": history_summary(run_dir),
+            "keras_model": KERAS_MODEL_RECIPE,
+        },
+        keras_weights=Path(run_dir) / BEST_WEIGHTS_FILE,
+    )
