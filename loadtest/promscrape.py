@@ -26,6 +26,8 @@ BATCH_SIZE = "caption_batch_size"
 QUEUE_WAIT = "caption_queue_wait_seconds"
 REQUESTS = "caption_requests_total"
 REJECTED = "caption_rejected_total"
+INFERENCE = "caption_inference_duration_seconds"
+PREPROCESS = "caption_preprocess_duration_seconds"
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,14 @@ def summarise_delta(delta: Snapshot) -> dict[str, Any]:
         for q in (0.5, 0.99):
             value = wait.quantile(q)
             out[f"queue_wait_p{round(q * 100)}_ms"] = None if value is None else 1000 * value
+    stages = delta.by_label(f"{INFERENCE}_count", "stage")
+    for stage, count in sorted(stages.items()):
+        if count:
+            total = delta.value(f"{INFERENCE}_sum", stage=stage)
+            out[f"{stage}_mean_ms_per_batch"] = 1000 * total / count
+    pre_count = delta.value(f"{PREPROCESS}_count")
+    if pre_count:
+        out["preprocess_mean_ms_per_image"] = 1000 * delta.value(f"{PREPROCESS}_sum") / pre_count
     requests = delta.by_label(REQUESTS, "code")
     if requests:
         out["requests_by_code"] = {k: v for k, v in sorted(requests.items()) if v}

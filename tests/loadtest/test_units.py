@@ -1,0 +1,179 @@
+"""Load generator pieces that need no service: schedules, payloads, scraping, FLOPs, plots."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from loadtest import promscrape
+from loadtest.flops import count_macs
+from loadtest.generator import arrival_offsets, past_knee
+from loadtest.payloads import PayloadPool, find_images, prepare
+from loadtest.report import plot_steps, write_json
+from loadtest.static_server import StaticServer
+
+
+def test_constant_arrivals_are_evenly_spaced() -> None:
+    offsets = arrival_offsets(20, 2.0, "constant")
+    assert len(offsets) == 40
+    assert np.allclose(np.diff(offsets), 0.05)
+
+
+def test_poisson_arrivals_have_the_rate_and_stay_inside_the_step() -> None:
+    offsets = arrival_offsets(200, 20.0, "poisson", seed=3)
+    assert abs(len(offsets) / 20.0 - 200) < 200 * 0.05
+    assert offsets[0] == 0.0 and max(offsets) < 20.0
+    gaps = np.diff(offsets)
+    assert abs(gaps.std() / gaps.mean() - 1.0) < 0.1  # exponential gaps: cv = 1
+    assert offsets == arrival_offsets(200, 20.0, "poisson", seed=3)
+
+
+def test_default_images_are_the_flickr8k_test_split(flickr8k_dir: Path) -> None:
+    images = find_images(flickr8k_dir)
+    names = set((flickr8k_dir / "Flickr_8k.testImages.txt").read_text().split())
+    assert len(images) == 1000 and {p.name for p in images} <= names
+    assert find_images(flickr8k_dir, limit=3) == images[:3]
+
+
+def test_payloads_carry_the_image(flickr8k_dir: Path) -> None:
+    path = find_images(flickr8k_dir, limit=1)[0]
+    data = path.read_bytes()
+    raw = prepare(path, "raw")
+    assert raw.content == data and raw.headers["Content-Type"] == "image/jpeg"
+    b64 = json.loads(prepare(path, "base64").content)
+    assert base64.b64decode(b64["image_base64"]) == data
+    upload = prepare(path, "upload")
+    assert upload.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    assert data in upload.content and b'name="image"' in upload.content
+    url = json.loads(prepare(path, "url", url_base="http://127.0.0.1:9/").content)
+    assert url == {"url": f"http://127.0.0.1:9/{path.name}"}
+    with pytest.raises(ValueError):
+        prepare(path, "url")
+    pool = PayloadPool([raw, upload])
+    assert [pool.next() for _ in range(3)] == [raw, upload, raw]
+
+
+def test_static_server_serves_the_folder(flickr8k_dir: Path) -> None:
+    path = find_images(flickr8k_dir, limit=1)[0]
+    with StaticServer(path.parent) as server:
+        assert server.url_base.startswith("http://127.0.0.1:")
+        response = httpx.get(f"{server.url_base}/{path.name}", trust_env=False)
+        assert response.status_code == 200 and response.content == path.read_bytes()
+        assert httpx.get(f"{server.url_base}/nope.jpg", trust_env=False).status_code == 404
+
+
+def _exposition(batch_sizes: list[int], waits: list[float], codes: list[str]) -> str:
+    registry = CollectorRegistry()
+    batch = Histogram("caption_batch_size", "b", buckets=(1, 2, 4, 8, 16), registry=registry)
+    wait = Histogram(
+        "caption_queue_wait_seconds", "w", buckets=(0.001, 0.01, 0.1), registry=registry
+    )
+    requests = Counter("caption_requests", "r", ["endpoint", "code"], registry=registry)
+    rejected = Counter("caption_rejected", "x", ["reason"], registry=registry)
+    for size in batch_sizes:
+        batch.observe(size)
+    for seconds in waits:
+        wait.observe(seconds)
+    for code in codes:
+        requests.labels("/caption", code).inc()
+        if code == "503":
+            rejected.labels("queue_full").inc()
+    return generate_latest(registry).decode()
+
+
+def test_promscrape_reads_what_happened_between_two_scrapes() -> None:
+    before = promscrape.parse(_exposition([8], [0.05], ["200"]))
+    after = promscrape.parse(
+        _exposition([8, 1, 2, 3, 16, 16], [0.05, 0.0005, 0.005, 0.005], ["200", "200", "503"])
+    )
+    summary = promscrape.summarise_delta(after - before)
+    assert summary["batches"] == 5
+    assert summary["batch_size_mean"] == pytest.approx((1 + 2 + 3 + 16 + 16) / 5)
+    assert summary["batch_size_distribution"] == {
+        "1": 1,
+        "2": 1,
+        "4": 1,
+        "8": 0,
+        "16": 2,
+        "+Inf": 0,
+    }
+    assert summary["queue_wait_mean_ms"] == pytest.approx(1000 * 0.0105 / 3)
+    assert 1.0 < summary["queue_wait_p50_ms"] <= 10.0
+    assert summary["requests_by_code"] == {"200": 1, "503": 1}
+    assert summary["rejected_by_reason"] == {"queue_full": 1}
+
+
+def test_histogram_quantile_interpolates_like_promql() -> None:
+    hist = promscrape.Histogram((1.0, 2.0, float("inf")), (0.0, 10.0, 10.0), 15.0)
+    assert hist.quantile(0.5) == pytest.approx(1.5)
+    assert hist.mean == 1.5
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_flop_counter_counts_conv_matmul_and_gemm(tmp_path: Path) -> None:
+    w = numpy_helper.from_array(np.zeros((16, 3, 3, 3), np.float32), "w")
+    dw = numpy_helper.from_array(np.zeros((16, 1, 3, 3), np.float32), "dw")
+    m = numpy_helper.from_array(np.zeros((16, 10), np.float32), "m")
+    g = numpy_helper.from_array(np.zeros((10, 5), np.float32), "g")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["y", "dw"], ["z"], group=16, pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["z"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("MatMul", ["f", "m"], ["h"]),
+        helper.make_node("Gemm", ["h", "g"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 5])],
+        initializer=[w, dw, m, g],
+    )
+    cost = count_macs(_save(graph, tmp_path / "g.onnx"))
+    conv = 16 * 16 * 16 * 3 * 9 + 16 * 16 * 16 * 1 * 9
+    assert cost.by_op == {"Conv": conv, "MatMul": 16 * 10, "Gemm": 10 * 5}
+    assert cost.uncounted == {} and cost.flops == 2 * (conv + 160 + 50)
+
+
+def test_report_writes_json_and_png(tmp_path: Path) -> None:
+    steps = [
+        {
+            "offered_rate": r,
+            "throughput": min(r, 30.0),
+            "latency_ms": {"p50": 10.0 + r, "p95": 20.0 + r, "p99": 30.0 + r},
+        }
+        for r in (10.0, 20.0, 40.0)
+    ]
+    png = plot_steps({"batching": steps, "batch 1": steps[:2]}, tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = write_json(tmp_path / "r.json", {"steps": steps, "path": tmp_path, "n": np.int64(3)})
+    assert json.loads(out.read_text())["n"] == 3
+
+
+def test_knee_criteria() -> None:
+    base = {
+        "offered_rate": 50.0,
+        "offered_actual": 50.0,
+        "throughput": 49.0,
+        "error_share": 0.0,
+        "latency_ms": {"p99": 100.0},
+    }
+    assert past_knee(base, p99_bound_ms=200) is None
+    assert "throughput" in str(past_knee(base | {"throughput": 40.0}, p99_bound_ms=200))
+    assert "p99" in str(past_knee(base, p99_bound_ms=50))
+    assert "error" in str(past_knee(base | {"error_share": 0.2}, p99_bound_ms=200))
