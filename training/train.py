@@ -1,0 +1,442 @@
+"""Train the merge caption decoder on cached image features: ``python -m training train``.
+
+Reads top to bottom: config -> data and vocabulary -> pooled image features (cached by
+``training.features``) -> tf.data pipeline (one example per caption, teacher forcing: input
+``tokens[:-1]``, target ``tokens[1:]``, padded positions weighted 0) -> model + Adam ->
+``fit`` with ``RunKeeper``, which after every epoch keeps the best weights by validation
+cross-entropy, adjusts the learning rate, stops early and writes a checkpoint.
+
+Resuming: every epoch ends with an atomic checkpoint ``checkpoints/epoch-NNNN/`` (model and
+optimizer state, best weights so far, early-stopping / schedule state, history). The shuffle
+order of epoch ``e`` is a pure function of ``(seed, e)``, so ``--resume`` after a crash (even
+SIGKILL mid-epoch) replays the interrupted epoch on the same examples in the same order.
+
+Scaling out: ``--distribute mirrored`` trains under ``tf.distribute.MirroredStrategy`` (all
+local GPUs; ``batch_size`` is the global batch). For a cluster, the same code runs under
+``tf.distribute.MultiWorkerMirroredStrategy`` with ``TF_CONFIG`` set on every worker; swap the
+strategy in ``_strategy`` (checkpoints should then be written by the chief only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training import paths
+from training.data import image_dir, load_captions, load_split, train_val_split
+from training.model import (
+    BEST_WEIGHTS_FILE,
+    CONFIG_FILE,
+    EMBEDDING,
+    VOCAB_FILE,
+    ModelConfig,
+    build_training_model,
+)
+from training.plots import plot_history
+from training.vocab import build_vocabulary, encode_captions
+
+log = logging.getLogger("training.train")
+
+HISTORY_FILE = "history.json"
+CURVES_FILE = "loss_curves.png"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"  # output folder (config.json, vocab.json, best.weights.h5, ...)
+    data_dir: str | None = None  # Flickr8k folder; default $CAPTION_DATA_DIR or ../shared/data/...
+    cache_dir: str | None = None  # feature cache; default $CAPTION_CACHE_DIR or <repo>/cache
+    encoder: str = "efficientnet_lite0"  # image encoder name (training.encoders.ENCODER_NAMES)
+    weights: str | None = (
+        "imagenet"  # encoder weights: "imagenet", a weights file, or None (random)
+    )
+    input_size: int | None = None  # encoder input side override (None: the encoder's default)
+    limit: int | None = None  # use only the first N official train images (smoke runs, tests)
+    val_size: int = 500  # validation images held out from the end of the train list
+    min_count: int = 5  # words seen fewer times in train captions become <unk>
+    max_length: int = 20  # longest caption in tokens incl. <start>/<end> (95th pct is 18 + 2)
+    units: int = 256  # LSTM units = image projection size = merged size
+    embed_dim: int | None = None  # word embedding size; None: 256, or 50 with --glove
+    glove: bool = False  # initialise the embedding from GloVe-6B-50d (forces embed_dim 50)
+    merge: str = "add"  # how image and language meet: "add" or "concat"
+    dropout: float = 0.5  # dropout on image features, embeddings and the merged representation
+    batch_size: int = 64  # captions per step (global batch under --distribute)
+    epochs: int = 30  # upper bound; early stopping usually ends sooner
+    lr: float = 1e-3  # initial Adam learning rate
+    lr_schedule: str = "plateau"  # "constant", "plateau" (x lr_factor on no val gain) or "cosine"
+    lr_factor: float = 0.5  # plateau: multiply the learning rate by this ...
+    lr_patience: int = 1  # ... after this many epochs without validation improvement
+    patience: int = 3  # early stopping: epochs without validation improvement before stopping
+    label_smoothing: float = 0.0  # spread this much target mass uniformly over the vocabulary
+    seed: int = 42  # model initialisation, dropout and shuffle order
+    mixed_precision: bool = False  # mixed_float16 compute (useful on GPUs; logits stay float32)
+    distribute: str = "none"  # "none" or "mirrored" (tf.distribute.MirroredStrategy)
+
+    def __post_init__(self) -> None:
+        choices = {
+            "merge": ("add", "concat"),
+            "lr_schedule": ("constant", "plateau", "cosine"),
+            "distribute": ("none", "mirrored"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.glove and self.embed_dim not in (None, 50):
+            raise ValueError("--glove needs embed_dim 50 (GloVe-6B-50d vectors)")
+        if self.limit is not None and self.limit < 2:
+            raise ValueError("limit must be at least 2 images (train and validation)")
+
+    @property
+    def embedding_size(self) -> int:
+        return 50 if self.glove else (self.embed_dim or 256)
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Prepared:
+    vocab_size: int
+    features: np.ndarray  # float32 (images, D): train images first, then validation images
+    train: tuple[np.ndarray, np.ndarray]  # (image row per caption, token ids (N, max_length))
+    val: tuple[np.ndarray, np.ndarray]
+    encoder: dict[str, Any]  # name, weights, feature_dim, preprocessing... for config.json
+    counts: dict[str, int]
+
+
+def prepare(cfg: TrainConfig, run_dir: Path) -> Prepared:
+    from training.encoders import encoder_info
+    from training.features import extract_features
+
+    data_dir = paths.default_data_dir(cfg.data_dir)
+    captions = load_captions(data_dir)
+    official = load_split(data_dir, "train")
+    val_size = cfg.val_size
+    if cfg.limit is not None:
+        official = official[: cfg.limit]
+        val_size = min(val_size, max(1, cfg.limit // 5))
+    train_images, val_images = train_val_split(official, val_size)
+
+    vocab = build_vocabulary(captions, train_images, cfg.min_count)
+    vocab.save(run_dir / VOCAB_FILE)
+
+    images = train_images + val_images
+    info = encoder_info(cfg.encoder, weights=cfg.weights, input_size=cfg.input_size)
+    features = extract_features(
+        [image_dir(data_dir) / name for name in images],
+        encoder=cfg.encoder,
+        weights=cfg.weights,
+        input_size=cfg.input_size,
+        roles=("pooled",),
+        cache_dir=paths.default_cache_dir(cfg.cache_dir),
+    )["pooled"].astype(np.float32)
+
+    def examples(names: list[str], first_row: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = [first_row + i for i, name in enumerate(names) for _ in captions[name]]
+        texts = [text for name in names for text in captions[name]]
+        return np.asarray(rows, np.int32), encode_captions(vocab, texts, cfg.max_length)
+
+    train, val = examples(train_images, 0), examples(val_images, len(train_images))
+    encoder = {
+        "name": info.name,
+        "weights": cfg.weights,
+        "input_size": cfg.input_size,
+        "feature_dim": info.feature_dim,
+        "grid_size": info.grid_size,
+        "preprocessing": info.preprocessing.model_dump(),
+        "weights_desc": info.weights_desc,
+    }
+    counts = {
+        "train_images": len(train_images),
+        "val_images": len(val_images),
+        "train_captions": len(train[0]),
+        "val_captions": len(val[0]),
+    }
+    return Prepared(len(vocab), features, train, val, encoder, counts)
+
+
+def make_dataset(
+    features: np.ndarray,
+    examples: tuple[np.ndarray, np.ndarray],
+    batch_size: int,
+    epochs: range,
+    seed: int | None,
+) -> tf.data.Dataset:
+    """Batches for ``epochs`` back to back; epoch ``e`` is shuffled by ``(seed, e)`` (or not at
+    all when ``seed`` is None). Each batch is cut to its longest caption."""
+    feats, rows, tokens = tf.constant(features), tf.constant(examples[0]), tf.constant(examples[1])
+    n = len(examples[0])
+
+    def epoch_ids(epoch: tf.Tensor) -> tf.data.Dataset:
+        ids = tf.range(n)
+        if seed is not None:
+            pair = tf.stack([tf.constant(seed, tf.int64), epoch])
+            ids = tf.random.experimental.stateless_shuffle(ids, seed=pair)
+        return tf.data.Dataset.from_tensor_slices(ids).batch(batch_size)
+
+    def to_batch(ids: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+        seq = tf.gather(tokens, ids)
+        longest = tf.reduce_max(tf.reduce_sum(tf.cast(seq != 0, tf.int32), axis=1))
+        seq = seq[:, :longest]
+        targets = seq[:, 1:]
+        inputs = {"image_features": tf.gather(feats, tf.gather(rows, ids)), "tokens": seq[:, :-1]}
+        return inputs, targets, tf.cast(targets != 0, tf.float32)
+
+    batches = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_ids)
+    known = batches.apply(
+        tf.data.experimental.assert_cardinality(len(epochs) * -(-n // batch_size))
+    )
+    return known.map(to_batch).prefetch(tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------------- loss
+
+
+def _token_losses(targets: Any, logits: Any, smoothing: float) -> Any:
+    logprobs = keras.ops.log_softmax(keras.ops.cast(logits, "float32"), axis=-1)
+    targets = keras.ops.cast(targets, "int32")
+    nll = -keras.ops.squeeze(
+        keras.ops.take_along_axis(logprobs, keras.ops.expand_dims(targets, -1), axis=-1), -1
+    )
+    if smoothing:
+        nll = (1.0 - smoothing) * nll - smoothing * keras.ops.mean(logprobs, axis=-1)
+    return nll
+
+
+class MaskedCrossEntropy(keras.losses.Loss):  # type: ignore[misc]
+    """Per-token cross-entropy (optionally label-smoothed), averaged over real tokens: the
+    dataset's sample weights are 1 for real targets and 0 for padding."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "masked_ce") -> None:
+        super().__init__(name=name, reduction="mean_with_sample_weight")
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        return _token_losses(y_true, y_pred, self.label_smoothing)
+
+
+def token_ce(y_true: Any, y_pred: Any) -> Any:
+    """Unsmoothed per-token cross-entropy: the figure early stopping and the plots use."""
+    return _token_losses(y_true, y_pred, 0.0)
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = sorted((run_dir / CHECKPOINTS).glob("epoch-[0-9][0-9][0-9][0-9]/state.json"))
+    return done[-1].parent if done else None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class RunKeeper(keras.callbacks.Callback):  # type: ignore[misc]
+    """End of every epoch: record history, keep the best weights, adjust the learning rate,
+    decide early stopping, then write an atomic checkpoint (``checkpoints/epoch-NNNN``)."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, state: dict[str, Any]) -> None:
+        super().__init__()
+        self.cfg, self.run_dir, self.state = cfg, run_dir, state
+        self._started = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self._started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs, state, cfg = logs or {}, self.state, self.cfg
+        optimizer = self.model.optimizer
+        row = {"epoch": epoch + 1, "lr": float(keras.ops.convert_to_numpy(optimizer.learning_rate))}
+        row.update(
+            {k: float(v) for k, v in logs.items() if k in ("loss", "ce", "val_loss", "val_ce")}
+        )
+        row["seconds"] = round(time.monotonic() - self._started, 2)
+        state["history"].append(row)
+
+        if row["val_ce"] < state["best_val_ce"] - 1e-4:
+            state.update(best_val_ce=row["val_ce"], best_epoch=epoch + 1, wait=0, lr_wait=0)
+            tmp = self.run_dir / f".{BEST_WEIGHTS_FILE}.tmp.weights.h5"
+            self.model.save_weights(tmp)
+            os.replace(tmp, self.run_dir / BEST_WEIGHTS_FILE)
+        else:
+            state["wait"] += 1
+            state["lr_wait"] += 1
+            if cfg.lr_schedule == "plateau" and state["lr_wait"] >= cfg.lr_patience:
+                optimizer.learning_rate = max(row["lr"] * cfg.lr_factor, 1e-6)
+                state["lr_wait"] = 0
+        if state["wait"] >= cfg.patience:
+            state["stopped"] = True
+            self.model.stop_training = True
+        state["epoch"] = epoch + 1
+        state["lr"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        self._checkpoint()
+        _write_json(self.run_dir / HISTORY_FILE, history_summary(state))
+        plot_history(state["history"], self.run_dir / CURVES_FILE, cfg.label_smoothing)
+
+    def _checkpoint(self) -> None:
+        root = self.run_dir / CHECKPOINTS
+        final = root / f"epoch-{self.state['epoch']:04d}"
+        tmp = root / f".tmp-{final.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.model.save_weights(tmp / "model.weights.h5")
+        optimizer_vars = [keras.ops.convert_to_numpy(v) for v in self.model.optimizer.variables]
+        np.savez(tmp / "optimizer.npz", *optimizer_vars)
+        if (self.run_dir / BEST_WEIGHTS_FILE).exists():
+            shutil.copy2(self.run_dir / BEST_WEIGHTS_FILE, tmp / BEST_WEIGHTS_FILE)
+        (tmp / "state.json").write_text(json.dumps(self.state, indent=2))  # last: marks complete
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in root.glob("epoch-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_checkpoint(ckpt: Path, run_dir: Path, model: keras.Model) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads((ckpt / "state.json").read_text())
+    model.load_weights(ckpt / "model.weights.h5")
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    with np.load(ckpt / "optimizer.npz") as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    if len(values) != len(optimizer.variables):
+        raise ValueError(f"{ckpt}: optimizer state does not match the model")
+    for variable, value in zip(optimizer.variables, values, strict=True):
+        variable.assign(value)
+    if (ckpt / BEST_WEIGHTS_FILE).exists():
+        shutil.copy2(ckpt / BEST_WEIGHTS_FILE, run_dir / BEST_WEIGHTS_FILE)
+    return state
+
+
+def history_summary(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "epochs": state["history"],
+        "best_epoch": state["best_epoch"],
+        "best_val_ce": state["best_val_ce"],
+        "stopped_early": state["stopped"],
+    }
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def _strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
+    if cfg.distribute == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Path:
+    """Run (or continue, with ``resume``) a training run; returns the run folder."""
+    run_dir = Path(cfg.run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if resume and config_path.exists():
+        saved = json.loads(config_path.read_text())
+        cfg = TrainConfig(**{k: saved[k] for k in asdict(cfg)})
+        log.info("resume: using the run's saved config %s", config_path)
+    elif config_path.exists() and not force:
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume or --force")
+    if force and not resume:
+        for name in (CHECKPOINTS, BEST_WEIGHTS_FILE, HISTORY_FILE, CURVES_FILE):
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    keras.utils.set_random_seed(cfg.seed)
+    data = prepare(cfg, run_dir)
+    model_cfg = ModelConfig(
+        vocab_size=data.vocab_size,
+        feature_dim=data.features.shape[1],
+        units=cfg.units,
+        embed_dim=cfg.embedding_size,
+        merge=cfg.merge,  # type: ignore[arg-type]
+        dropout=cfg.dropout,
+    )
+    _write_json(
+        config_path,
+        {
+            **asdict(cfg),
+            "model": asdict(model_cfg),
+            "vocab_size": data.vocab_size,
+            "feature_dim": model_cfg.feature_dim,
+            "encoder": data.encoder,
+            "data": data.counts,
+        },
+    )
+    log.info("data: %s, vocabulary %d tokens", data.counts, data.vocab_size)
+
+    steps = math.ceil(len(data.train[0]) / cfg.batch_size)
+    previous_policy = keras.mixed_precision.global_policy()
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with _strategy(cfg).scope():
+            model = build_training_model(model_cfg)
+            if cfg.glove:
+                from service.vocabulary import Vocabulary
+                from training.glove import glove_matrix
+
+                init = glove_matrix(Vocabulary.load(run_dir / VOCAB_FILE), seed=cfg.seed)
+                model.get_layer(EMBEDDING).set_weights([init.matrix])
+                log.info("GloVe: %d of %d words found", init.found, data.vocab_size - 4)
+            lr: float | keras.optimizers.schedules.LearningRateSchedule = cfg.lr
+            if cfg.lr_schedule == "cosine":
+                lr = keras.optimizers.schedules.CosineDecay(cfg.lr, cfg.epochs * steps, alpha=0.05)
+            model.compile(
+                optimizer=keras.optimizers.Adam(lr),
+                loss=MaskedCrossEntropy(cfg.label_smoothing),
+                weighted_metrics=[keras.metrics.MeanMetricWrapper(token_ce, name="ce")],
+            )
+            state: dict[str, Any] = {
+                "epoch": 0,
+                "best_val_ce": math.inf,
+                "best_epoch": 0,
+                "wait": 0,
+                "lr_wait": 0,
+                "lr": cfg.lr,
+                "stopped": False,
+                "history": [],
+            }
+            ckpt = latest_checkpoint(run_dir) if resume else None
+            if ckpt is not None:
+                state = restore_checkpoint(ckpt, run_dir, model)
+                if cfg.lr_schedule != "cosine":
+                    model.optimizer.learning_rate = state["lr"]
+                log.info("resuming from epoch %d (checkpoint %s)", state["epoch"], ckpt.name)
+            elif resume:
+                log.info("resume: no complete checkpoint yet, starting at epoch 0")
+
+        if state["stopped"] or state["epoch"] >= cfg.epochs:
+            log.info("run already finished (epoch %d)", state["epoch"])
+            return run_dir
+        epochs = range(state["epoch"], cfg.epochs)
+        model.fit(
+            make_dataset(data.features, data.train, cfg.batch_size, epochs, cfg.seed),
+            validation_data=make_dataset(data.features, data.val, cfg.batch_size, range(1), None),
+            epochs=cfg.epochs,
+            initial_epoch=state["epoch"],
+            steps_per_epoch=steps,
+            callbacks=[RunKeeper(cfg, run_dir, state)],
+            shuffle=False,  # the dataset is already shuffled per epoch
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    log.info("best epoch %d, val CE %.4f", state["best_epoch"], state["best_val_ce"])
+    return run_dir
