@@ -3,7 +3,9 @@
     CaptionError (500, internal)
     ├── BadRequest (400, bad_request)
     │   ├── InvalidOption (400, invalid_option)
-    │   └── InvalidBase64 (400, invalid_base64)
+    │   ├── InvalidBase64 (400, invalid_base64)
+    │   ├── InvalidJson (400, invalid_json)              body is not the JSON object expected
+    │   └── MissingImage (400, missing_image)            no image field / url / image_base64
     ├── Unauthorized (401, unauthorized)
     ├── UrlForbidden (403, url_forbidden)
     ├── PayloadTooLarge (413, payload_too_large)
@@ -14,6 +16,7 @@
     ├── UnprocessableImage (422, invalid_image)
     │   └── EmptyBody (422, empty_body)
     ├── RateLimited (429, rate_limited)
+    ├── ClientClosedRequest (499, client_closed)      the client went away; nobody reads it
     ├── UrlFetchFailed (502, url_fetch_failed)
     ├── Overloaded (503, overloaded)                    carries Retry-After
     ├── NotReady (503, not_ready)
@@ -52,6 +55,14 @@ class InvalidOption(BadRequest):
 
 class InvalidBase64(BadRequest):
     code = "invalid_base64"
+
+
+class InvalidJson(BadRequest):
+    code = "invalid_json"
+
+
+class MissingImage(BadRequest):
+    code = "missing_image"
 
 
 class Unauthorized(CaptionError):
@@ -98,6 +109,11 @@ class EmptyBody(UnprocessableImage):
 class RateLimited(CaptionError):
     status_code = 429
     code = "rate_limited"
+
+
+class ClientClosedRequest(CaptionError):
+    status_code = 499
+    code = "client_closed"
 
 
 class UrlFetchFailed(CaptionError):

@@ -1,0 +1,193 @@
+"""The running service: model, batcher, pools, URL client, readiness and draining.
+
+Life cycle: ``start()`` (in the app's lifespan) loads the bundle if it was not given, warms up
+every batch-size bucket in a worker thread while ``/healthz`` already answers and ``/readyz``
+says 503 ``starting``, then turns ready. ``drain()`` (SIGTERM or lifespan shutdown) turns
+``/readyz`` 503 ``draining``, refuses new work with 503 ``not_ready``, waits up to
+``drain_timeout_s`` for every accepted request to be answered, then stops the batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Literal
+
+import httpx
+
+from service.batcher import MicroBatcher
+from service.errors import NotReady
+from service.inputs import OptionRules
+from service.metrics import BatcherMetrics, Metrics
+from service.pipeline import CaptionJob, CaptionOutcome, Pipeline
+from service.preprocess import Preprocessor
+from service.runtime import CaptionModel
+from service.settings import Settings
+from service.urlfetch import FetchPolicy, build_client
+
+log = logging.getLogger(__name__)
+
+Phase = Literal["starting", "ready", "draining", "stopped", "failed"]
+
+
+class ServiceState:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, model: CaptionModel | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.model = model
+        self.phase: Phase = "starting"
+        self.failure: str | None = None
+        self.fetch_policy = FetchPolicy.from_settings(settings)
+        self.fetch_slots = asyncio.Semaphore(settings.url_fetch_concurrency)
+        self.pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._start_task: asyncio.Task[None] | None = None
+        self._drained: asyncio.Task[bool] | None = None
+        # built by start()
+        self.rules: OptionRules | None = None
+        self.preprocessor: Preprocessor | None = None
+        self.pipeline: Pipeline | None = None
+        self.batcher: MicroBatcher[CaptionJob, CaptionOutcome] | None = None
+        self.http: httpx.AsyncClient | None = None
+
+    # --- start ---------------------------------------------------------------------------
+    def begin_start(self) -> None:
+        """Load and warm up in the background; the server answers meanwhile."""
+        self._start_task = asyncio.get_running_loop().create_task(self._start(), name="warm-up")
+
+    async def wait_started(self) -> None:
+        if self._start_task is not None:
+            await asyncio.shield(self._start_task)
+
+    async def _start(self) -> None:
+        s = self.settings
+        try:
+            if self.model is None:
+                self.model = await asyncio.to_thread(
+                    CaptionModel.load,
+                    s.bundle_dir,
+                    provider=s.provider,
+                    intra_op_threads=s.intra_op_threads,
+                    inter_op_threads=s.inter_op_threads,
+                    use_int8=s.use_int8,
+                )
+            model = self.model
+            await asyncio.to_thread(model.warm_up, s.warmup_sizes)
+        except Exception as exc:
+            self.phase, self.failure = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("model start-up failed")
+            return
+        max_steps = model.max_steps
+        self.rules = OptionRules(
+            default_beam_size=s.default_beam_size,
+            max_beam_size=s.max_beam_size,
+            default_max_length=min(s.default_max_length or max_steps, max_steps),
+            max_max_length=max_steps,
+            default_num_captions=s.default_num_captions,
+        )
+        self.preprocessor = Preprocessor(
+            model.preprocessing, max_pixels=s.max_image_pixels, threads=s.decode_threads
+        )
+        self.pipeline = Pipeline(model, self.metrics, threads=s.max_concurrent_batches)
+        self.batcher = MicroBatcher(
+            self.pipeline,
+            max_batch_size=s.max_batch_size,
+            max_wait_s=s.max_wait_ms / 1000.0,
+            queue_size=s.queue_size,
+            max_concurrent_batches=s.max_concurrent_batches,
+            retry_after_s=s.retry_after_s,
+            observer=BatcherMetrics(self.metrics),
+        )
+        self.batcher.start()
+        self.http = build_client(self.fetch_policy)
+        manifest = model.manifest
+        self.metrics.set_model(manifest.name, manifest.version, model.provider)
+        if self.phase == "starting":
+            self.phase = "ready"
+            self.metrics.ready.set(1)
+            log.info(
+                "ready",
+                extra={
+                    "model": manifest.name,
+                    "version": manifest.version,
+                    "provider": model.provider,
+                    "warmup_batch_sizes": s.warmup_sizes,
+                },
+            )
+
+    # --- admission -------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.phase == "ready"
+
+    def check_ready(self) -> None:
+        if self.phase == "ready":
+            return
+        reason = "draining" if self.phase in ("draining", "stopped") else "not_ready"
+        self.metrics.rejected_item(reason)
+        detail = {
+            "starting": "the model is still loading and warming up",
+            "draining": "the service is shutting down",
+            "stopped": "the service is shutting down",
+            "failed": f"the model failed to start: {self.failure}",
+        }.get(self.phase, "not ready")
+        raise NotReady(detail, retry_after_s=self.settings.retry_after_s)
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, count: int = 1) -> AsyncIterator[None]:
+        """Count ``count`` images as pending while the block runs (the HPA metric)."""
+        self.pending += count
+        self._idle.clear()
+        self.metrics.pending.set(self.pending)
+        try:
+            yield
+        finally:
+            self.pending -= count
+            self.metrics.pending.set(self.pending)
+            if self.pending == 0:
+                self._idle.set()
+
+    # --- drain -------------------------------------------------------------------------------
+    def begin_drain(self) -> asyncio.Task[bool]:
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_task(self._drain(), name="drain")
+        return self._drained
+
+    async def _drain(self) -> bool:
+        """Refuse new work, let accepted work finish (up to the drain timeout)."""
+        if self.phase in ("starting", "ready"):
+            self.phase = "draining"
+        self.metrics.ready.set(0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout_s
+        log.info("draining", extra={"pending": self.pending})
+        clean = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout_s)
+        except TimeoutError:
+            clean = False
+        if self.batcher is not None:
+            clean = await self.batcher.drain(max(0.0, deadline - loop.time())) and clean
+        log.info("drained" if clean else "drain timed out", extra={"pending": self.pending})
+        return clean
+
+    async def stop(self) -> None:
+        await self.begin_drain()
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._start_task
+        self.phase = "stopped" if self.phase != "failed" else "failed"
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self.http is not None:
+            await self.http.aclose()
+        if self.preprocessor is not None:
+            self.preprocessor.close()
+        if self.pipeline is not None:
+            self.pipeline.close()
