@@ -154,9 +154,13 @@ def summarise_delta(delta: Snapshot) -> dict[str, Any]:
     pre_count = delta.value(f"{PREPROCESS}_count")
     if pre_count:
         out["preprocess_mean_ms_per_image"] = 1000 * delta.value(f"{PREPROCESS}_sum") / pre_count
-    requests = delta.by_label(REQUESTS, "code")
+    requests: dict[str, float] = defaultdict(float)
+    for (name, labels), value in delta.samples.items():
+        tags = dict(labels)
+        if name == REQUESTS and tags.get("endpoint", "").startswith("/caption"):
+            requests[tags.get("code", "")] += value
     if requests:
-        out["requests_by_code"] = {k: v for k, v in sorted(requests.items()) if v}
+        out["caption_requests_by_code"] = {k: v for k, v in sorted(requests.items()) if v}
     rejected = delta.by_label(REJECTED, "reason")
     if rejected:
         out["rejected_by_reason"] = {k: v for k, v in sorted(rejected.items()) if v}

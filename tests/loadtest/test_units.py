@@ -107,7 +107,7 @@ def test_promscrape_reads_what_happened_between_two_scrapes() -> None:
     }
     assert summary["queue_wait_mean_ms"] == pytest.approx(1000 * 0.0105 / 3)
     assert 1.0 < summary["queue_wait_p50_ms"] <= 10.0
-    assert summary["requests_by_code"] == {"200": 1, "503": 1}
+    assert summary["caption_requests_by_code"] == {"200": 1, "503": 1}
     assert summary["rejected_by_reason"] == {"queue_full": 1}
 
 
