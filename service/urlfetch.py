@@ -16,6 +16,8 @@ cloud VM) where it can reach things the client cannot. We defend against:
   The request URL is rewritten to the IP literal; the ``Host`` header keeps the original name and,
   for https, the TLS ``sni_hostname`` extension makes httpcore send the original name as SNI and
   verify the certificate against it. No second lookup happens anywhere (httpx connects to an IP).
+  Every resolved address must pass (one private answer refuses the URL); they are tried in order
+  when a connection is refused or times out (dual-stack names on IPv4-only networks).
 * **Redirects** are followed by hand (never by httpx), at most ``max_redirects``; every hop is
   parsed, resolved and validated again, so an allowed server cannot bounce us to ``127.0.0.1``.
 * **Hostile servers**: connect and read timeouts per operation plus one total deadline over the
@@ -180,12 +182,12 @@ class FetchedImage:
 
 @dataclass(frozen=True)
 class Target:
-    """A validated destination: the logical URL and the address to connect to."""
+    """A validated destination: the logical URL and the addresses to connect to, in order."""
 
     url: httpx.URL
     host: str  # ASCII (IDNA) host name or IP literal, lower case
     port: int
-    address: IPAddress
+    addresses: tuple[IPAddress, ...]
 
 
 def build_transport(
@@ -246,7 +248,7 @@ def parse_url(url: str) -> httpx.URL:
 
 
 async def resolve_target(url: httpx.URL, policy: FetchPolicy, resolver: Resolver) -> Target:
-    """Resolve the URL's host and check every address; the first one is where we connect."""
+    """Resolve the URL's host and check every address (one bad address refuses the URL)."""
     host = url.raw_host.decode("ascii").lower().rstrip(".")
     port = url.port or (443 if url.scheme == "https" else 80)
     literal: IPAddress | None
@@ -276,15 +278,15 @@ async def resolve_target(url: httpx.URL, policy: FetchPolicy, resolver: Resolver
             raise UrlForbidden(f"destination {host!r} resolves to a {reason} address ({address})")
         if not policy.allow_public:
             raise UrlForbidden(f"destination {host!r} is not on the allow-list")
-    return Target(url=url, host=host, port=port, address=addresses[0])
+    return Target(url=url, host=host, port=port, addresses=tuple(addresses))
 
 
 def _pinned_request(
-    client: httpx.AsyncClient, target: Target, policy: FetchPolicy
+    client: httpx.AsyncClient, target: Target, address: IPAddress, policy: FetchPolicy
 ) -> httpx.Request:
-    pinned = target.url.copy_with(host=str(target.address), fragment=None)
+    pinned = target.url.copy_with(host=str(address), fragment=None)
     extensions: dict[str, object] = {}
-    if target.url.scheme == "https" and target.address != _literal(target.host):
+    if target.url.scheme == "https" and address != _literal(target.host):
         extensions["sni_hostname"] = target.host
     request = client.build_request(
         "GET",
@@ -332,14 +334,27 @@ async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
     return bytes(body)
 
 
+async def _send_pinned(
+    client: httpx.AsyncClient, target: Target, policy: FetchPolicy
+) -> httpx.Response:
+    """Connect to the validated addresses in turn (e.g. IPv6 then IPv4) until one accepts."""
+    for index, address in enumerate(target.addresses):
+        request = _pinned_request(client, target, address, policy)
+        try:
+            return await client.send(request, stream=True, follow_redirects=False)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            if index == len(target.addresses) - 1:
+                raise
+    raise AssertionError("unreachable: a target has at least one address")
+
+
 async def _fetch_hops(
     url: str, policy: FetchPolicy, client: httpx.AsyncClient, resolver: Resolver
 ) -> FetchedImage:
     current = parse_url(url)
     for hop in range(policy.max_redirects + 1):
         target = await resolve_target(current, policy, resolver)
-        request = _pinned_request(client, target, policy)
-        response = await client.send(request, stream=True, follow_redirects=False)
+        response = await _send_pinned(client, target, policy)
         try:
             if response.status_code in REDIRECT_STATUSES:
                 location = response.headers.get("Location")

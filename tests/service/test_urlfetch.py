@@ -19,6 +19,7 @@ from service.errors import (
     CaptionError,
     UnsupportedMediaType,
     UrlFetchFailed,
+    UrlForbidden,
     UrlTimeout,
     UrlTooLarge,
 )
@@ -129,6 +130,22 @@ async def test_host_name_is_resolved_once_and_pinned(
     assert fetched.data == jpeg and fetched.final_url == url
     assert resolver.calls == ["img.test"]
     assert server.requests[0].headers["host"] == f"img.test:{server.port}"
+
+
+async def test_falls_back_to_the_next_validated_address(
+    server: RawServer, client: httpx.AsyncClient, jpeg: bytes
+) -> None:
+    """A dual-stack name whose first address refuses connections (the server listens on
+    127.0.0.1 only, not on ::1): the next validated address is tried."""
+    server.routes["/i.jpg"] = ok(jpeg)
+    resolver = FakeResolver({"dual.test": ["::1", "127.0.0.1"]})
+    policy = FetchPolicy.from_strings(f"[::1]:{server.port}, 127.0.0.1:{server.port}")
+    url = f"http://dual.test:{server.port}/i.jpg"
+    assert (await fetch_image(url, policy, client, resolver=resolver)).data == jpeg
+    assert len(server.requests) == 1
+    with pytest.raises(UrlForbidden):  # every address must pass, not just the first
+        await fetch_image(url, FetchPolicy.from_strings(f"[::1]:{server.port}"), client,
+                          resolver=resolver)  # fmt: skip
 
 
 async def test_no_cookies_kept_between_fetches(
