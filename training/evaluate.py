@@ -1,0 +1,285 @@
+"""Evaluate a model BUNDLE (exactly what the service serves) on a Flickr8k split.
+
+    python -m training evaluate --bundle models/default --split test --beam-size 3 --out DIR
+
+Each image goes through the bundle's own preprocessing (``service.imaging``), its ONNX encoder
+and step decoder (``service.runtime.CaptionModel``) in batches; the captions are scored against
+the cleaned references (``training.data``) with ``training.scoring``. Writes:
+
+* ``DIR/captions.jsonl``: one ``{"image", "caption", "score", "references"}`` per line;
+* ``DIR/summary.json``: metrics, a bootstrap 95% interval on BLEU-4, settings, counts, timing.
+
+``--split val`` scores the validation images that training holds out from the end of the official
+train list (``training.data.train_val_split``, ``--val-size`` must match the run's ``val_size``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from service.manifest import BundleError
+from service.runtime import CaptionModel, ProviderUnavailable
+from training.data import image_dir, load_captions, load_split, train_val_split
+from training.paths import REPO_ROOT, default_data_dir
+from training.scoring import METRIC_KEYS, CaptionScorer, bootstrap_ci, tokenize_pair
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training evaluate",
+        description=(
+            "Caption a Flickr8k split with a model bundle through ONNX Runtime (the served "
+            "path) and score it with BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (pycocoevalcap) and "
+            "NLTK corpus BLEU. Writes captions.jsonl and summary.json into --out."
+        ),
+    )
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=REPO_ROOT / "models" / "default",
+        help="bundle folder (manifest.json, encoder.onnx, decoder.onnx, vocab.json) "
+        "(default: models/default in the repository)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="'test': the official 1,000 test images; 'val': the validation images carved from "
+        "the end of the train list (default: test)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="Flickr8k folder (default: $CAPTION_DATA_DIR, else ../shared/data/flickr8k "
+        "next to the repository)",
+    )
+    parser.add_argument(
+        "--val-size",
+        type=int,
+        default=500,
+        help="how many train images training held out for validation; must match the run "
+        "(default: 500)",
+    )
+    parser.add_argument(
+        "--beam-size", type=int, default=3, help="1 = greedy; k > 1 = beam search (default: 3)"
+    )
+    parser.add_argument(
+        "--length-penalty",
+        type=float,
+        default=0.7,
+        help="alpha in score = logprob / length**alpha used to rank beams (default: 0.7)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="evaluate only the first N images of the split (default: all)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="images encoded and decoded together (default: 32)",
+    )
+    parser.add_argument(
+        "--provider",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="ONNX Runtime execution provider; auto = CUDA when available, else CPU "
+        "(default: auto)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads; 0 = all cores available (default: 0)",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="use the bundle's int8-quantised encoder (fails if the bundle has none)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for the BLEU-4 95%% interval; 0 disables (default: 1000)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "runs" / "evaluate",
+        help="output folder for captions.jsonl and summary.json, created if needed "
+        "(default: runs/evaluate in the repository)",
+    )
+    return parser
+
+
+def split_images(data_dir: Path, split: str, val_size: int) -> list[str]:
+    """Image names of ``split``: the official test list, or the validation tail of train."""
+    if split == "test":
+        return load_split(data_dir, "test")
+    _, val = train_val_split(load_split(data_dir, "train"), val_size)
+    return val
+
+
+def caption_images(
+    model: CaptionModel,
+    folder: Path,
+    names: Sequence[str],
+    *,
+    beam_size: int,
+    length_penalty: float,
+    batch_size: int,
+) -> list[tuple[str, float]]:
+    """Caption ``names`` batch by batch; returns (caption, score) per image, in order."""
+    request = model.request(beam_size=beam_size, length_penalty=length_penalty)
+    results: list[tuple[str, float]] = []
+    with tqdm(total=len(names), unit="img", desc="captioning", file=sys.stderr) as bar:
+        for start in range(0, len(names), batch_size):
+            chunk = names[start : start + batch_size]
+            images = np.stack([model.preprocess((folder / n).read_bytes()) for n in chunk])
+            for [best] in model.caption_images(images, [request] * len(chunk)):
+                results.append((best.text, best.score))
+            bar.update(len(chunk))
+    return results
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.beam_size < 1:
+        parser.error("--beam-size must be >= 1")
+    if args.length_penalty < 0:
+        parser.error("--length-penalty must be >= 0")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be >= 1")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.threads < 0:
+        parser.error("--threads must be >= 0")
+    if args.bootstrap < 0:
+        parser.error("--bootstrap must be >= 0")
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Caption and score; write captions.jsonl and summary.json; return the summary."""
+    started = time.perf_counter()
+    data_dir = default_data_dir(args.data_dir)
+    references = load_captions(data_dir)
+    names = [n for n in split_images(data_dir, args.split, args.val_size) if n in references]
+    if args.limit is not None:
+        names = names[: args.limit]
+    if not names:
+        raise ValueError(f"no images with captions in split {args.split!r} under {data_dir}")
+
+    model = CaptionModel.load(
+        args.bundle, provider=args.provider, intra_op_threads=args.threads, use_int8=args.int8
+    )
+    model.warm_up([min(args.batch_size, len(names))])
+    loaded = time.perf_counter()
+    captions = caption_images(
+        model,
+        image_dir(data_dir),
+        names,
+        beam_size=args.beam_size,
+        length_penalty=args.length_penalty,
+        batch_size=args.batch_size,
+    )
+    captioned = time.perf_counter()
+
+    hypotheses = {name: text for name, (text, _) in zip(names, captions, strict=True)}
+    refs, hyps = tokenize_pair(references, hypotheses)
+    with CaptionScorer() as scorer:
+        metrics = scorer.score_tokenized(refs, hyps)
+    interval = bootstrap_ci(refs, hyps, samples=args.bootstrap) if args.bootstrap else None
+    scored = time.perf_counter()
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "captions.jsonl").open("w") as handle:
+        for name, (text, score) in zip(names, captions, strict=True):
+            row = {"image": name, "caption": text, "score": score, "references": references[name]}
+            handle.write(json.dumps(row) + "\n")
+
+    texts = [text for text, _ in captions]
+    summary: dict[str, Any] = {
+        "bundle": {
+            "path": str(Path(args.bundle).resolve()),
+            "name": model.manifest.name,
+            "version": model.manifest.version,
+            "encoder": model.manifest.encoder.name,
+            "decoder": model.manifest.decoder.architecture,
+        },
+        "split": args.split,
+        "metrics": {key: metrics[key] for key in METRIC_KEYS},
+        "bleu_4_ci": None
+        if interval is None
+        else {
+            "low": interval.low,
+            "high": interval.high,
+            "confidence": interval.confidence,
+            "samples": interval.samples,
+        },
+        "settings": {
+            "beam_size": args.beam_size,
+            "length_penalty": args.length_penalty,
+            "max_steps": model.max_steps,
+            "batch_size": args.batch_size,
+            "provider": model.provider,
+            "int8": args.int8,
+            "threads": args.threads,
+            "limit": args.limit,
+            "val_size": args.val_size if args.split == "val" else None,
+            "data_dir": str(data_dir),
+        },
+        "counts": {
+            "images": len(names),
+            "references": sum(len(references[n]) for n in names),
+            "empty_captions": sum(1 for t in texts if not t),
+            "distinct_captions": len(set(texts)),
+            "vocabulary_used": len({w for t in texts for w in t.split()}),
+            "mean_caption_words": float(np.mean([len(t.split()) for t in texts])),
+        },
+        "timing": {
+            "load_s": round(loaded - started, 3),
+            "caption_s": round(captioned - loaded, 3),
+            "images_per_s": round(len(names) / max(captioned - loaded, 1e-9), 2),
+            "scoring_s": round(scored - captioned, 3),
+            "total_s": round(time.perf_counter() - started, 3),
+        },
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    try:
+        summary = evaluate(args)
+    except (BundleError, ProviderUnavailable, FileNotFoundError, ValueError) as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    metrics = summary["metrics"]
+    ci = summary["bleu_4_ci"]
+    interval = f" [{ci['low']:.4f}, {ci['high']:.4f}]" if ci else ""
+    print(
+        f"{summary['counts']['images']} images, {args.split}, beam {args.beam_size}: "
+        f"BLEU-4 {metrics['bleu_4']:.4f}{interval} METEOR {metrics['meteor']:.4f} "
+        f"ROUGE-L {metrics['rouge_l']:.4f} CIDEr {metrics['cider']:.4f} -> {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
