@@ -1,0 +1,103 @@
+# captioner inference image.
+#
+#   docker build -t captioner:0.1.0 .                         # CPU (default), python:3.11-slim
+#   DOCKER_BUILDKIT=0 docker build --target runtime -t captioner:0.1.0 .   # legacy builder: name it
+#   docker build --target gpu -t captioner:0.1.0-gpu .        # GPU: onnxruntime-gpu on CUDA 12 + cuDNN 9
+#   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp captioner:0.1.0
+#   docker run ... -v /path/to/bundle:/models/custom:ro -e CAPTION_BUNDLE_DIR=/models/custom captioner:0.1.0
+#
+# Build args: BASE_IMAGE (CPU stages; any Debian-like image with python3.11 + venv, e.g. a local
+# mirror), CUDA_BASE_IMAGE (GPU stages), BUNDLE_DIR (bundle folder in the build context baked in as
+# the default model). The runtime stages hold no compilers and no TensorFlow (only `.[cpu]` /
+# `.[gpu]`), run as uid 10001, and write nowhere but /tmp (fine with a read-only root filesystem).
+# Works with the legacy builder (no BuildKit-only syntax).
+
+ARG BASE_IMAGE=python:3.11-slim
+ARG CUDA_BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+
+# ---- build: a virtual environment with the service and ONNX Runtime (CPU) ----
+FROM ${BASE_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip==25.3
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+RUN /opt/venv/bin/pip install '.[cpu]' \
+    && /opt/venv/bin/python -c "import service, onnxruntime; print('onnxruntime', onnxruntime.__version__)" \
+    && ! /opt/venv/bin/python -c "import tensorflow" 2>/dev/null
+
+# ---- runtime (default target): CPU ----
+FROM ${BASE_IMAGE} AS runtime
+ARG BUNDLE_DIR=models/default
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    CAPTION_HOST=0.0.0.0 \
+    CAPTION_PORT=8000 \
+    CAPTION_BUNDLE_DIR=/app/models/default \
+    CAPTION_LOG_JSON=true
+RUN groupadd --system --gid 10001 captioner \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin captioner
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY deploy/docker/healthcheck.py /app/healthcheck.py
+COPY ${BUNDLE_DIR} /app/models/default
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "/app/healthcheck.py"]
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "service"]
+
+# ---- gpu-build: the same environment with onnxruntime-gpu, on the CUDA base ----
+# Not built in CI (no CUDA base image offline). Needs an NVIDIA driver >= 550 on the node.
+FROM ${CUDA_BASE_IMAGE} AS gpu-build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3.11 -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip==25.3
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+RUN /opt/venv/bin/pip install '.[gpu]'
+
+# ---- gpu: runtime on the CUDA base; CAPTION_PROVIDER=cuda ----
+FROM ${CUDA_BASE_IMAGE} AS gpu
+ARG BUNDLE_DIR=models/default
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    DEBIAN_FRONTEND=noninteractive \
+    CAPTION_HOST=0.0.0.0 \
+    CAPTION_PORT=8000 \
+    CAPTION_BUNDLE_DIR=/app/models/default \
+    CAPTION_PROVIDER=cuda \
+    CAPTION_LOG_JSON=true
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.11 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 captioner \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin captioner
+COPY --from=gpu-build /opt/venv /opt/venv
+WORKDIR /app
+COPY deploy/docker/healthcheck.py /app/healthcheck.py
+COPY ${BUNDLE_DIR} /app/models/default
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python", "/app/healthcheck.py"]
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "service"]
+
+# Default target (BuildKit builds only the stages it needs). The legacy builder runs every stage up
+# to the target in file order, so with it pass `--target runtime` (or `--target gpu`).
+FROM runtime
