@@ -62,6 +62,7 @@ class RequestContextMiddleware:
                     level,
                     "request",
                     extra={
+                        "request_id": request_id,
                         "method": scope.get("method"),
                         "path": scope.get("path"),
                         "status": status[0],

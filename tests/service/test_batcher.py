@@ -143,7 +143,7 @@ async def test_closes_on_time_when_a_slot_is_free_but_model_busy(
     assert 0.08 <= waited < 1.0, waited
     assert runner.batches[1] == [1]
     runner.open()
-    assert await asyncio.gather(first, second) == [0, 10]
+    assert list(await asyncio.gather(first, second)) == [0, 10]
 
 
 async def test_items_arriving_within_the_wait_join_the_batch(
