@@ -242,7 +242,7 @@ async def test_trickling_body_ends_at_total_timeout(
     server.routes["/t"] = trickle
     error, elapsed = await timed_failure(server.url("/t"), policy_for(server), client)
     assert isinstance(error, UrlTimeout) and error.status_code == 504
-    assert 1.9 < elapsed < 2.6
+    assert 1.9 < elapsed < 3.2  # total_timeout_s is 2.0
 
 
 async def test_trickling_headers_end_at_total_timeout(
@@ -257,8 +257,8 @@ async def test_trickling_headers_end_at_total_timeout(
 
     server.routes["/h"] = trickle_head
     error, elapsed = await timed_failure(server.url("/h"), policy_for(server), client)
-    assert error.code in ("url_timeout", "url_fetch_failed")  # h11 may give up on huge headers
-    assert elapsed < 2.6
+    assert isinstance(error, UrlTimeout)  # ~160 header bytes: far below h11's size limit
+    assert elapsed < 3.2
 
 
 async def test_silent_server_hits_read_timeout(
@@ -272,7 +272,7 @@ async def test_silent_server_hits_read_timeout(
         server.url("/s"), policy_for(server, read_timeout_s=0.5), client
     )
     assert isinstance(error, UrlTimeout)
-    assert 0.4 < elapsed < 1.2
+    assert 0.4 < elapsed < 1.8  # read timeout 0.5, total 2.0
 
 
 async def test_endless_body_is_cut_at_the_cap(server: RawServer, client: httpx.AsyncClient) -> None:
@@ -295,7 +295,7 @@ async def test_endless_body_is_cut_at_the_cap(server: RawServer, client: httpx.A
     finally:
         tracemalloc.stop()
     assert isinstance(error, UrlTooLarge) and error.status_code == 413
-    assert elapsed < 1.5
+    assert elapsed < 1.9  # well before the 2 s total timeout
     assert peak < 8 * CAP  # memory bounded by the cap, not by what the server sends
     assert sent < 64 * CAP
 
@@ -311,7 +311,7 @@ async def test_declared_length_over_cap_refused_before_reading(
     server.routes["/big"] = huge
     error, elapsed = await timed_failure(server.url("/big"), policy_for(server), client)
     assert isinstance(error, UrlTooLarge) and "over the" in error.detail
-    assert elapsed < 0.5
+    assert elapsed < 0.9  # the read timeout (1 s) never came into play
 
 
 async def test_length_understated_reads_only_declared_bytes(
@@ -350,7 +350,7 @@ async def test_length_overstated_then_stall(server: RawServer, client: httpx.Asy
     error, elapsed = await timed_failure(
         server.url("/s"), policy_for(server, read_timeout_s=0.5), client
     )
-    assert isinstance(error, UrlTimeout) and elapsed < 1.2
+    assert isinstance(error, UrlTimeout) and elapsed < 1.8
 
 
 async def test_redirect_loop_ends(server: RawServer, client: httpx.AsyncClient) -> None:
