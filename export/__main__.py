@@ -102,6 +102,7 @@ def evaluate(bundle: Path, data_dir: Path, beam_size: int, limit: int | None) ->
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     from training.paths import default_data_dir
 
     from .run import sources_from_run

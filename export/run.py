@@ -56,16 +56,23 @@ def history_summary(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / HISTORY_FILE
     if not path.is_file():
         return {}
-    epochs = _per_epoch(json.loads(path.read_text()))
+    history = json.loads(path.read_text())
+    epochs = _per_epoch(history)
     if not epochs:
         return {}
     final = {k: v for k, v in epochs[-1].items() if isinstance(v, int | float)}
     summary: dict[str, Any] = {"epochs": len(epochs), "final": final}
-    val = [(row["val_loss"], i) for i, row in enumerate(epochs) if "val_loss" in row]
-    if val:
-        best_loss, best_index = min(val)
-        summary["best_val_loss"] = best_loss
-        summary["best_epoch"] = int(epochs[best_index].get("epoch", best_index + 1))
+    for key in ("val_ce", "val_loss"):
+        scored = [(row[key], i) for i, row in enumerate(epochs) if key in row]
+        if scored:
+            best, index = min(scored)
+            summary[f"best_{key}"] = best
+            summary["best_epoch"] = int(epochs[index].get("epoch", index + 1))
+            break
+    if isinstance(history, dict):  # the run's own verdict wins over the recomputed one
+        for key in ("best_epoch", "best_val_ce", "stopped_early"):
+            if key in history:
+                summary[key] = history[key]
     seconds = [row["seconds"] for row in epochs if isinstance(row.get("seconds"), int | float)]
     if seconds:
         summary["train_seconds"] = round(float(sum(seconds)), 1)
