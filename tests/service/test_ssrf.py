@@ -7,19 +7,23 @@ control shows the listener does count a connection when the fetch is allowed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from service.errors import BadRequest, UrlFetchFailed, UrlForbidden
 from service.urlfetch import FetchPolicy, build_client, build_transport, fetch_image
+from tests.service.conftest import RunningServer
 from tests.service.urlservers import (
     AcceptRecorder,
     FakeResolver,
     RawServer,
     RecordingTransport,
+    ThreadedAcceptRecorder,
     ok,
     redirect,
 )
@@ -239,3 +243,83 @@ async def test_allowlist_entries(rig: Rig, entries: str, url_host: str, allowed:
 def test_bad_allowlist_entries_rejected(entry: str) -> None:
     with pytest.raises(ValueError):
         FetchPolicy.from_strings(entry)
+
+
+# ---- the same refusals through the real service (uvicorn on 127.0.0.1) ---------------------
+
+E2E_URLS = [
+    "http://127.0.0.1:{p}/",
+    "http://127.0.0.2:{p}/",
+    "http://[::1]:{p}/",
+    "http://0.0.0.0:{p}/",
+    "http://localhost:{p}/",
+    "http://2130706433:{p}/",
+    "http://0x7f.1:{p}/",
+    "http://017700000001:{p}/",
+    "http://[::ffff:127.0.0.1]:{p}/",
+    "http://evil@127.0.0.1:{p}/",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://10.0.0.1/",
+    "http://[fc00::1]/",
+    "http://[fe80::1]/",
+    "file:///etc/passwd",
+    "gopher://127.0.0.1:{p}/",
+]
+
+
+@pytest.fixture
+def recorder() -> Iterator[ThreadedAcceptRecorder]:
+    listener = ThreadedAcceptRecorder()
+    yield listener
+    listener.close()
+
+
+@pytest.mark.e2e
+def test_service_refuses_internal_urls_without_connecting(
+    served: RunningServer, recorder: ThreadedAcceptRecorder
+) -> None:
+    urls = [template.format(p=recorder.port) for template in E2E_URLS]
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        for url in urls:
+            response = http.post("/caption", json={"url": url})
+            assert response.status_code == 403, (url, response.text)
+            assert response.json()["code"] == "url_forbidden", url
+        batch = http.post("/caption/batch", json={"images": [{"url": u} for u in urls]})
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    assert [r["error"]["code"] for r in results] == ["url_forbidden"] * len(urls)
+    assert all(r["status"] == 403 for r in results)
+    assert recorder.accepts == 0
+
+
+@pytest.mark.e2e
+def test_service_refuses_redirect_to_loopback(
+    start_server: Callable[..., RunningServer], recorder: ThreadedAcceptRecorder
+) -> None:
+    target = f"http://127.0.0.1:{recorder.port}/secret"
+
+    class Redirector(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    redirector = ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
+    thread = threading.Thread(target=redirector.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = redirector.server_address[1]
+        running = start_server(url_allowlist=f"127.0.0.1:{port}")
+        response = httpx.post(
+            f"{running.url}/caption", json={"url": f"http://127.0.0.1:{port}/img"}, timeout=30
+        )
+    finally:
+        redirector.shutdown()
+        redirector.server_close()
+        thread.join(5)
+    assert response.status_code == 403 and response.json()["code"] == "url_forbidden"
+    assert recorder.accepts == 0

@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -181,3 +182,40 @@ class FakeResolver:
         else:
             chosen = answer  # type: ignore[assignment]
         return [ipaddress.ip_address(a) for a in chosen]
+
+
+class ThreadedAcceptRecorder:
+    """The blocking twin of :class:`AcceptRecorder` for tests that talk to a server in a thread:
+    counts connections accepted on one port at 127.0.0.1, 127.0.0.2 and ::1."""
+
+    def __init__(self) -> None:
+        self.accepts = 0
+        self._sockets: list[socket.socket] = []
+        self._stop = threading.Event()
+        first = socket.create_server(("127.0.0.1", 0))
+        self.port: int = first.getsockname()[1]
+        self._sockets = [
+            first,
+            socket.create_server(("127.0.0.2", self.port)),
+            socket.create_server(("::1", self.port), family=socket.AF_INET6),
+        ]
+        for sock in self._sockets:
+            sock.settimeout(0.05)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for sock in self._sockets:
+                try:
+                    conn, _ = sock.accept()
+                except (TimeoutError, OSError):
+                    continue
+                self.accepts += 1
+                conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for sock in self._sockets:
+            sock.close()
