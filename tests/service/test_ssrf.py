@@ -7,6 +7,8 @@ control shows the listener does count a connection when the fetch is allowed.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -14,8 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.errors import BadRequest, UrlFetchFailed, UrlForbidden
+from service.netguard import parse_ipv4_loose
 from service.urlfetch import FetchPolicy, build_client, build_transport, fetch_image
 from tests.service.conftest import RunningServer
 from tests.service.urlservers import (
@@ -323,3 +328,39 @@ def test_service_refuses_redirect_to_loopback(
         thread.join(5)
     assert response.status_code == 403 and response.json()["code"] == "url_forbidden"
     assert recorder.accepts == 0
+
+
+# ---- numeric host spellings read exactly as inet_aton (and browsers) read them ---------------
+
+
+def _spell(value: int, base: int) -> str:
+    return {10: str(value), 16: hex(value), 8: "0" + oct(value)[2:]}[base]
+
+
+@given(
+    number=st.integers(0, 2**32 - 1),
+    parts=st.sampled_from([1, 2, 3, 4]),
+    bases=st.lists(st.sampled_from([8, 10, 16]), min_size=4, max_size=4),
+)
+def test_numeric_spellings_match_inet_aton(number: int, parts: int, bases: list[int]) -> None:
+    octets = number.to_bytes(4, "big")
+    head = list(octets[: parts - 1])
+    tail = int.from_bytes(octets[parts - 1 :], "big")
+    host = ".".join(_spell(v, b) for v, b in zip([*head, tail], bases, strict=False))
+    expected = ipaddress.IPv4Address(socket.inet_aton(host))
+    assert parse_ipv4_loose(host) == expected == ipaddress.IPv4Address(number)
+
+
+@pytest.mark.parametrize("host", ["example.com", "1.2.3.4.5", "256.1.1.1", "08", "1..2", ""])
+def test_non_numeric_hosts_are_names(host: str) -> None:
+    loose = parse_ipv4_loose(host)
+    try:
+        aton: ipaddress.IPv4Address | None = ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        aton = None
+    assert loose == aton
+
+
+def test_bare_hex_prefix_reads_as_zero_like_browsers() -> None:
+    """inet_aton rejects "0x" but the WHATWG URL parser reads it as 0: refusing is the safe side."""
+    assert parse_ipv4_loose("0x") == ipaddress.IPv4Address(0)
