@@ -39,6 +39,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arrivals", choices=("poisson", "constant"), default="poisson")
     p.add_argument("--timeout", type=float, default=30.0, help="client timeout per request (s)")
     p.add_argument("--max-connections", type=int, default=256)
+    p.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="HTTP client for the load: raw (lean, default) or httpx",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-metrics", action="store_true", help="do not scrape /metrics")
     p.add_argument("--no-progress", action="store_true")
@@ -94,7 +100,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     target = generator.Target(args.url, timeout_s=args.timeout, scrape_metrics=not args.no_metrics)
     progress = not args.no_progress
     with payload_pool(args) as pool:
-        async with generator.make_client(args.max_connections) as client:
+        async with generator.make_client(target, args.client, args.max_connections) as client:
             if args.command == "ramp":
                 result = await generator.ramp(
                     client,

@@ -207,7 +207,7 @@ async def _service_run(
     log = cfg.out_dir / f"service-{env.get('CAPTION_MAX_BATCH_SIZE', 'default')}.log"
     with ServiceProcess(cfg.bundle_dir, env=env, log_path=Path("/tmp") / log.name) as svc:
         target = generator.Target(svc.base_url, timeout_s=60.0)
-        async with generator.make_client() as client:
+        async with generator.make_client(target) as client:
             await generator.closed_loop(
                 client, target, pool, concurrency=2, duration_s=1.0, progress=False
             )  # warm connections and code paths

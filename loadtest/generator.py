@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from loadtest import promscrape
 from loadtest.payloads import PayloadPool, PreparedRequest
+from loadtest.rawhttp import RawClient, RawHttpError
 from loadtest.stats import CLIENT_ERROR, RequestRecord, StepResult
 
 Arrivals = Literal["poisson", "constant"]
@@ -47,13 +50,42 @@ class Target:
         return f"{self.base_url.rstrip('/')}{self.path}"
 
 
-def make_client(max_connections: int = 256) -> httpx.AsyncClient:
-    """One pooled client for a whole run; waits for a free connection count from the schedule."""
-    return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
-        timeout=httpx.Timeout(None),
-        trust_env=False,
-    )
+ClientKind = Literal["raw", "httpx"]
+
+
+class LoadClient:
+    """Sends the load (``raw``: ``loadtest.rawhttp``, lean; or ``httpx``) and, always through
+    httpx, scrapes ``/metrics``. One per run; ``async with`` closes both."""
+
+    def __init__(self, target: Target, kind: ClientKind = "raw", max_connections: int = 256):
+        self.kind = kind
+        self.http = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=64, keepalive_expiry=2.0
+            ),
+            timeout=httpx.Timeout(None),
+            trust_env=False,
+        )
+        self._raw = RawClient(target.base_url, max_connections=max_connections)
+        self._path = urlsplit(target.url).path
+
+    async def post(self, target: Target, request: PreparedRequest) -> tuple[int, bytes]:
+        if self.kind == "raw":
+            response = await self._raw.post(self._path, request.content, request.headers)
+            return response.status, response.body
+        reply = await self.http.post(target.url, content=request.content, headers=request.headers)
+        return reply.status_code, reply.content
+
+    async def __aenter__(self) -> LoadClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._raw.aclose()
+        await self.http.aclose()
+
+
+def make_client(target: Target, kind: ClientKind = "raw", max_connections: int = 256) -> LoadClient:
+    return LoadClient(target, kind, max_connections)
 
 
 def arrival_offsets(
@@ -77,17 +109,17 @@ def arrival_offsets(
     return [float(t) for t in times[times < duration_s]]
 
 
-def _error_code(response: httpx.Response) -> str | None:
+def _error_code(body: bytes) -> str | None:
     try:
-        body = response.json()
+        data = json.loads(body)
     except ValueError:
         return None
-    code = body.get("code") if isinstance(body, dict) else None
+    code = data.get("code") if isinstance(data, dict) else None
     return str(code) if code is not None else None
 
 
 async def send_one(
-    client: httpx.AsyncClient,
+    client: LoadClient,
     target: Target,
     request: PreparedRequest,
     *,
@@ -100,17 +132,14 @@ async def send_one(
     status, code = CLIENT_ERROR, None
     try:
         async with asyncio.timeout(target.timeout_s):
-            response = await client.post(
-                target.url, content=request.content, headers=request.headers
-            )
-        status = response.status_code
+            status, body = await client.post(target, request)
         if status != 200:
-            code = _error_code(response)
-        elif "caption" not in response.json():
+            code = _error_code(body)
+        elif b'"caption"' not in body:
             code = "no_caption_in_response"
     except TimeoutError:
         code = "client_timeout"
-    except (httpx.HTTPError, ValueError) as exc:
+    except (httpx.HTTPError, RawHttpError) as exc:
         code = type(exc).__name__
     return RequestRecord(scheduled, sent, loop.time() - t0, status, code)
 
@@ -124,17 +153,17 @@ def _bar(total: int | None, desc: str, enabled: bool) -> Iterator[tqdm]:
         bar.close()
 
 
-async def _scrape(client: httpx.AsyncClient, target: Target) -> promscrape.Snapshot | None:
+async def _scrape(client: LoadClient, target: Target) -> promscrape.Snapshot | None:
     if not target.scrape_metrics:
         return None
     try:
-        return await promscrape.scrape(client, target.base_url)
+        return await promscrape.scrape(client.http, target.base_url)
     except (httpx.HTTPError, ValueError):
         return None
 
 
 async def _with_metrics(
-    client: httpx.AsyncClient, target: Target, step: StepResult, before: promscrape.Snapshot | None
+    client: LoadClient, target: Target, step: StepResult, before: promscrape.Snapshot | None
 ) -> StepResult:
     after = await _scrape(client, target)
     if before is not None and after is not None:
@@ -143,7 +172,7 @@ async def _with_metrics(
 
 
 async def open_loop(
-    client: httpx.AsyncClient,
+    client: LoadClient,
     target: Target,
     pool: PayloadPool,
     *,
@@ -187,7 +216,7 @@ async def _gather_bounded(
 
 
 async def closed_loop(
-    client: httpx.AsyncClient,
+    client: LoadClient,
     target: Target,
     pool: PayloadPool,
     *,
@@ -268,7 +297,7 @@ def past_knee(
 
 
 async def ramp(
-    client: httpx.AsyncClient,
+    client: LoadClient,
     target: Target,
     pool: PayloadPool,
     *,

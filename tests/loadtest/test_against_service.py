@@ -35,7 +35,7 @@ def images(flickr8k_dir: Path) -> list[Path]:
 async def test_open_loop_keeps_its_schedule(service: ServiceProcess, images: list[Path]) -> None:
     pool = PayloadPool.from_images(images, "upload")
     target = generator.Target(service.base_url, timeout_s=10)
-    async with generator.make_client() as client:
+    async with generator.make_client(target) as client:
         step = await generator.open_loop(
             client, target, pool, rate=20, duration_s=2.0, arrivals="constant", progress=False
         )
@@ -67,7 +67,7 @@ async def test_latency_counts_from_the_scheduled_time_when_sending_stalls(
         await asyncio.sleep(0.3)
         time.sleep(0.4)  # blocks the event loop: nothing can be sent from 0.3 s to 0.7 s
 
-    async with generator.make_client() as client:
+    async with generator.make_client(target) as client:
         step, _ = await asyncio.gather(
             generator.open_loop(
                 client,
@@ -96,7 +96,7 @@ async def test_every_payload_kind_gets_captions(
     target = generator.Target(service.base_url, timeout_s=10, scrape_metrics=False)
     with StaticServer(images[0].parent) as static:
         pool = PayloadPool.from_images(images, kind, url_base=static.url_base)  # type: ignore[arg-type]
-        async with generator.make_client() as client:
+        async with generator.make_client(target) as client:
             step = await generator.closed_loop(
                 client,
                 target,

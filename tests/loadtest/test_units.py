@@ -177,3 +177,36 @@ def test_knee_criteria() -> None:
     assert "throughput" in str(past_knee(base | {"throughput": 40.0}, p99_bound_ms=200))
     assert "p99" in str(past_knee(base, p99_bound_ms=50))
     assert "error" in str(past_knee(base | {"error_share": 0.2}, p99_bound_ms=200))
+
+
+async def test_raw_client_reads_chunked_and_closed_responses() -> None:
+    import asyncio
+
+    from loadtest.rawhttp import RawClient
+
+    replies = [
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"a"\r\n3\r\n:1}\r\n0\r\n\r\n',
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    ]
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while replies:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            seen.append(await reader.readexactly(length))
+            reply = replies.pop(0)
+            writer.write(reply)
+            await writer.drain()
+            if b"close" in reply:
+                break
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, RawClient(f"http://127.0.0.1:{port}") as client:
+        first = await client.post("/caption", b"abc", {"Content-Type": "image/jpeg"})
+        second = await client.post("/caption", b"xy", {})
+    assert (first.status, first.body) == (200, b'{"a":1}')
+    assert (second.status, second.body) == (503, b"{}")
+    assert seen == [b"abc", b"xy"]
