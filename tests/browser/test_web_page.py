@@ -160,7 +160,7 @@ def test_web_page_uploads_and_captions(
     assert upload["imageLoaded"] and upload["errorHidden"]
     assert 1 <= len(upload["nbest"]) <= 3 and all("score" in item for item in upload["nbest"])
     assert any(row.startswith("Total") for row in upload["timings"])
-    assert "tiny" in upload["meta"].lower() or "model" in upload["meta"].lower()
+    assert upload["meta"].startswith("Model tiny ") and "request " in upload["meta"]
 
     by_url = report["steps"]["url"]
     assert by_url["caption"].strip() and by_url["imageLoaded"]
