@@ -27,7 +27,9 @@ def _default_bundle_dir() -> Path:
 class Settings(BaseSettings):
     """Service configuration; every field is also the env var ``CAPTION_<FIELD>``."""
 
-    model_config = SettingsConfigDict(env_prefix="CAPTION_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CAPTION_", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
     # --- model ----
     bundle_dir: Path = Field(default_factory=_default_bundle_dir)
