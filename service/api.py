@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -153,8 +154,12 @@ async def caption_one(
     deadline: float,
     arrived: float,
     request_id: str,
+    progress: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
-    """One image through fetch, decode, the batcher and the model; the response object."""
+    """One image through fetch, decode, the batcher and the model; the response object.
+
+    ``progress["queued"]`` turns true once the image is handed to the batcher (which from then
+    on accounts for its cancellation)."""
     assert state.preprocessor is not None and state.batcher is not None
     assert state.model is not None
     try:
@@ -172,6 +177,8 @@ async def caption_one(
         length_penalty=state.settings.length_penalty,
     )
     job = CaptionJob(pixels=pixels, request=request, enqueued=time.perf_counter())
+    if progress is not None:
+        progress["queued"] = True
     outcome = await state.batcher.submit(job, deadline=deadline)
     manifest = state.model.manifest
     captions = outcome.captions
@@ -197,7 +204,7 @@ def _count_rejection(state: ServiceState, exc: CaptionError) -> None:
     elif exc.status_code == 413:
         state.metrics.rejected_item("too_large")
     elif isinstance(exc, ClientClosedRequest):
-        return  # counted as "cancelled" where the work was dropped
+        return  # counted as "cancelled" where the work was dropped (here or in the batcher)
     elif 400 <= exc.status_code < 500:
         state.metrics.rejected_item("invalid")
 
@@ -209,7 +216,9 @@ async def _until_disconnect(request: Request) -> None:
             return
 
 
-async def _unless_disconnected(request: Request, work: asyncio.Task[Any]) -> Any:
+async def _unless_disconnected(
+    request: Request, work: asyncio.Future[Any], on_cancel: Callable[[], None] | None = None
+) -> Any:
     """Await ``work``; cancel it if the client goes away first (its batch item is skipped)."""
     watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
@@ -218,6 +227,8 @@ async def _unless_disconnected(request: Request, work: asyncio.Task[Any]) -> Any
         watcher.cancel()
     if not work.done():
         work.cancel()
+        if on_cancel is not None:
+            on_cancel()
         raise ClientClosedRequest("the client disconnected; the request was cancelled")
     return work.result()
 
@@ -247,12 +258,24 @@ async def caption(request: Request, state: StateDep) -> Response:
             image, options = await parse_caption_request(
                 request, state.rules, max_upload_bytes=state.settings.max_upload_bytes
             )
+            progress: dict[str, bool] = {}
             work = asyncio.ensure_future(
                 caption_one(
-                    state, image, options, deadline=deadline, arrived=arrived, request_id=request_id
+                    state,
+                    image,
+                    options,
+                    deadline=deadline,
+                    arrived=arrived,
+                    request_id=request_id,
+                    progress=progress,
                 )
             )
-            result = await _unless_disconnected(request, work)
+
+            def cancelled_before_queue() -> None:
+                if not progress.get("queued"):
+                    state.metrics.rejected_item("cancelled")
+
+            result = await _unless_disconnected(request, work, cancelled_before_queue)
         except CaptionError as exc:
             _count_rejection(state, exc)
             raise

@@ -358,6 +358,35 @@ def test_deadline_gives_504(start_server: Callable[..., RunningServer]) -> None:
     assert running.sample("caption_rejected_total", {"reason": "timeout"}) >= 1
 
 
+def test_client_disconnect_is_cancelled_and_the_server_carries_on(
+    start_server: Callable[..., RunningServer], jpeg: bytes
+) -> None:
+    running = start_server(decode_threads=1)
+    slow = images.encode(Image.new("RGB", (2000, 2000), (9, 99, 199)), "PNG")
+
+    async def leave_early() -> None:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", int(running.url.rsplit(":")[-1])
+        )
+        head = "POST /caption HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        head += f"Content-Length: {len(slow)}\r\n\r\n"
+        writer.write(head.encode() + slow)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the image is being decoded: hang up
+        writer.close()
+        await writer.wait_closed()
+
+    asyncio.run(leave_early())
+    end = time.monotonic() + 10
+    while running.sample("caption_rejected_total", {"reason": "cancelled"}) < 1:
+        assert time.monotonic() < end, "the disconnect was not noticed"
+        time.sleep(0.02)
+    assert running.sample("caption_pending_requests") == 0
+    r = httpx.post(f"{running.url}/caption", content=jpeg, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200
+    assert running.sample("caption_requests_total", {"endpoint": "/caption", "code": "499"}) == 1
+
+
 # --- operations ----
 def test_health_readiness_docs_and_page(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "alive"}
