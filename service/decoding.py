@@ -99,11 +99,6 @@ def _score(logprob: float, steps: int, alpha: float) -> float:
     return logprob / math.pow(max(steps, 1), alpha)
 
 
-def _best_reachable(logprob: float, steps: int, max_length: int, alpha: float) -> float:
-    """Upper bound of the score of any continuation of a live beam (logprob <= 0 only falls)."""
-    return max(_score(logprob, s, alpha) for s in (steps + 1, max_length))
-
-
 @dataclass
 class _Rows:
     """The live rows of the batch, kept in item order."""
@@ -157,6 +152,36 @@ def _hypothesis(
     )
 
 
+@dataclass
+class _Items:
+    """Per-item request settings as arrays, and the n-th best finished score so far."""
+
+    beam: NDArray[np.intp]
+    max_len: NDArray[np.intp]
+    num: NDArray[np.intp]
+    alpha: NDArray[np.float64]
+    nth_best: NDArray[np.float64]  # -inf until an item has num_captions finished hypotheses
+    finished: list[list[Hypothesis]]
+
+    @classmethod
+    def of(cls, requests: Sequence[DecodeRequest]) -> _Items:
+        return cls(
+            beam=np.array([r.beam_size for r in requests], dtype=np.intp),
+            max_len=np.array([r.max_length for r in requests], dtype=np.intp),
+            num=np.array([r.num_captions for r in requests], dtype=np.intp),
+            alpha=np.array([r.length_penalty for r in requests], dtype=np.float64),
+            nth_best=np.full(len(requests), -np.inf),
+            finished=[[] for _ in requests],
+        )
+
+    def add(self, item: int, hypothesis: Hypothesis) -> None:
+        hyps = self.finished[item]
+        hyps.append(hypothesis)
+        n = int(self.num[item])
+        if len(hyps) >= n:
+            self.nth_best[item] = sorted((h.score for h in hyps), reverse=True)[n - 1]
+
+
 def decode_batch(
     step: StepFn,
     image: NDArray[np.float32],
@@ -175,10 +200,7 @@ def decode_batch(
         raise ValueError(f"{image.shape[0]} images but {count} requests")
     if count == 0:
         return []
-    beam = np.array([r.beam_size for r in requests], dtype=np.intp)
-    max_len = np.array([r.max_length for r in requests], dtype=np.intp)
-    finished: list[list[Hypothesis]] = [[] for _ in range(count)]
-
+    items = _Items.of(requests)
     rows = _Rows(
         item=np.arange(count, dtype=np.intp),
         tokens=np.zeros((count, 0), dtype=np.int32),
@@ -187,57 +209,63 @@ def decode_batch(
         attention=None,
     )
     last = np.full(count, start_id, dtype=np.int32)
+    row_image = image
     t = 0
     while len(rows.item):
         t += 1
-        out = step(last, rows.states, image[rows.item])
-        logprobs = np.asarray(out.logprobs, dtype=np.float64)
+        out = step(last, rows.states, row_image)
+        logprobs = np.asarray(out.logprobs)
         if logprobs.shape[0] != len(rows.item):
             raise ValueError(f"step returned {logprobs.shape[0]} rows for {len(rows.item)}")
 
-        parents: list[NDArray[np.intp]] = []
-        tokens: list[NDArray[np.int32]] = []
-        scores: list[NDArray[np.float64]] = []
-
-        greedy = beam[rows.item] == 1
-        if greedy.any():
-            g_rows = np.flatnonzero(greedy)
-            g_tok = logprobs[g_rows].argmax(axis=1)
-            g_lp = rows.logprob[g_rows] + logprobs[g_rows, g_tok]
-            done = (g_tok == end_id) | (max_len[rows.item[g_rows]] <= t)
-            for r, tok, lp in zip(g_rows[done], g_tok[done], g_lp[done], strict=True):
-                item = int(rows.item[r])
-                ended = int(tok) == end_id
-                seq = rows.tokens[r] if ended else np.append(rows.tokens[r], tok)
-                attention = _row_attention(rows, out, r, include_step=not ended)
-                alpha = requests[item].length_penalty
-                finished[item].append(_hypothesis(seq, attention, lp, ended=ended, alpha=alpha))
-            keep = ~done
-            parents.append(g_rows[keep])
-            tokens.append(g_tok[keep].astype(np.int32))
-            scores.append(g_lp[keep])
-
-        for item in np.unique(rows.item[~greedy]):
-            item_rows = np.flatnonzero(rows.item == item)
-            p, tok, lp = _beam_step(
-                int(item), item_rows, rows, out, logprobs, requests[int(item)], t, finished, end_id
-            )
-            parents.append(p)
-            tokens.append(tok)
-            scores.append(lp)
-
-        parent = np.concatenate(parents) if parents else np.zeros(0, dtype=np.intp)
+        greedy = items.beam[rows.item] == 1
+        g_parent, g_token, g_logprob = _greedy_step(
+            np.flatnonzero(greedy), rows, out, logprobs, items, t, end_id
+        )
+        b_parent, b_token, b_logprob = _beam_step(
+            np.flatnonzero(~greedy), rows, out, logprobs, items, t, end_id
+        )
+        parent = np.concatenate([g_parent, b_parent])
         order = np.argsort(rows.item[parent], kind="stable")  # keep rows grouped by item
         parent = parent[order]
-        token = np.concatenate(tokens)[order].astype(np.int32)
-        logprob = np.concatenate(scores)[order]
+        token = np.concatenate([g_token, b_token])[order]
+        logprob = np.concatenate([g_logprob, b_logprob])[order]
+        if len(parent) != len(rows.item) or (parent != np.arange(len(parent))).any():
+            row_image = image[rows.item[parent]]  # the batch changed shape: gather again
         rows = rows.select(parent, token, logprob, out)
         last = token
 
     return [
-        sorted(hyps, key=lambda h: h.score, reverse=True)[: req.num_captions]
-        for hyps, req in zip(finished, requests, strict=True)
+        sorted(hyps, key=lambda h: h.score, reverse=True)[:n]
+        for hyps, n in zip(items.finished, items.num.tolist(), strict=True)
     ]
+
+
+Selection = tuple[NDArray[np.intp], NDArray[np.int32], NDArray[np.float64]]
+
+
+def _greedy_step(
+    g_rows: NDArray[np.intp],
+    rows: _Rows,
+    out: StepOutput,
+    logprobs: NDArray[np.floating],
+    items: _Items,
+    t: int,
+    end_id: int,
+) -> Selection:
+    """Argmax for every greedy row; close rows that chose ``<end>`` or reached their limit."""
+    tok = logprobs[g_rows].argmax(axis=1).astype(np.int32)
+    lp = rows.logprob[g_rows] + logprobs[g_rows, tok]
+    done = (tok == end_id) | (items.max_len[rows.item[g_rows]] <= t)
+    for r, token, value in zip(g_rows[done], tok[done], lp[done], strict=True):
+        item = int(rows.item[r])
+        ended = int(token) == end_id
+        seq = rows.tokens[r] if ended else np.append(rows.tokens[r], token)
+        attention = _row_attention(rows, out, int(r), include_step=not ended)
+        alpha = float(items.alpha[item])
+        items.add(item, _hypothesis(seq, attention, value, ended=ended, alpha=alpha))
+    keep = ~done
+    return g_rows[keep], tok[keep], lp[keep]
 
 
 def _row_attention(
@@ -253,59 +281,85 @@ def _row_attention(
 
 
 def _beam_step(
-    item: int,
-    item_rows: NDArray[np.intp],
+    b_rows: NDArray[np.intp],
     rows: _Rows,
     out: StepOutput,
-    logprobs: NDArray[np.float64],
-    request: DecodeRequest,
+    logprobs: NDArray[np.floating],
+    items: _Items,
     t: int,
-    finished: list[list[Hypothesis]],
     end_id: int,
-) -> tuple[NDArray[np.intp], NDArray[np.int32], NDArray[np.float64]]:
-    """Expand one beam-search item by a token; return the surviving (parent, token, logprob)."""
-    k = request.beam_size
-    alpha = request.length_penalty
-    vocab = logprobs.shape[1]
-    candidates = (rows.logprob[item_rows, None] + logprobs[item_rows]).ravel()
-    n = min(2 * k, candidates.size)
-    top = np.argpartition(-candidates, n - 1)[:n]
-    top = top[np.argsort(-candidates[top], kind="stable")]
+) -> Selection:
+    """One beam-search step for every beam item at once (vectorised over items).
 
-    parent: list[int] = []
-    token: list[int] = []
-    logprob: list[float] = []
-    for rank, flat in enumerate(top):
-        r, tok = divmod(int(flat), vocab)
-        row = int(item_rows[r])
-        lp = float(candidates[flat])
-        if tok == end_id:
-            if rank < k:
-                attention = _row_attention(rows, out, row, include_step=False)
-                finished[item].append(
-                    _hypothesis(rows.tokens[row], attention, lp, ended=True, alpha=alpha)
-                )
-            continue
-        parent.append(row)
-        token.append(tok)
-        logprob.append(lp)
-        if len(parent) == k:
-            break
+    Each item's live beams (at most K) are laid out in a padded (items, K * 2K) matrix of
+    cumulative log-probabilities; the best 2K expansions of each item are ranked, an ``<end>``
+    among an item's top ``beam_size`` closes a hypothesis, the first ``beam_size`` other
+    expansions become its next beams.
+    """
+    if len(b_rows) == 0:
+        return np.zeros(0, np.intp), np.zeros(0, np.int32), np.zeros(0, np.float64)
+    vocab = int(logprobs.shape[1])
+    row_items = rows.item[b_rows]  # ascending: rows are kept grouped by item
+    uniq, first, counts = np.unique(row_items, return_index=True, return_counts=True)
+    group = np.repeat(np.arange(len(uniq)), counts)
+    slot = np.arange(len(b_rows)) - first[group]
+    k = items.beam[uniq]
+    widest = int(k.max())
 
-    hyps = finished[item]
-    if t >= request.max_length:
-        for row, tok, lp in zip(parent, token, logprob, strict=True):
-            seq = np.append(rows.tokens[row], tok)
-            attention = _row_attention(rows, out, row, include_step=True)
-            hyps.append(_hypothesis(seq, attention, lp, ended=False, alpha=alpha))
-        parent, token, logprob = [], [], []
-    elif len(hyps) >= request.num_captions and parent:
-        worst_kept = sorted((h.score for h in hyps), reverse=True)[request.num_captions - 1]
-        best_live = max(_best_reachable(lp, t, request.max_length, alpha) for lp in logprob)
-        if best_live <= worst_kept:
-            parent, token, logprob = [], [], []
-    return (
-        np.asarray(parent, dtype=np.intp),
-        np.asarray(token, dtype=np.int32),
-        np.asarray(logprob, dtype=np.float64),
+    # Each row's best 2K tokens hold every expansion its item can keep: select them first
+    # (argpartition on float32, no copy of the full (rows, V) matrix), then rank per item.
+    per_row = min(2 * widest, vocab)
+    row_logprobs = logprobs if len(b_rows) == len(logprobs) else logprobs[b_rows]
+    row_top = np.argpartition(row_logprobs, vocab - per_row, axis=1)[:, vocab - per_row :]
+    row_values = rows.logprob[b_rows, None] + np.take_along_axis(row_logprobs, row_top, axis=1)
+
+    cumulative = np.full((len(uniq), widest, per_row), -np.inf)
+    cumulative[group, slot] = row_values
+    tokens_at = np.zeros((len(uniq), widest, per_row), dtype=np.intp)
+    tokens_at[group, slot] = row_top
+    flat = cumulative.reshape(len(uniq), widest * per_row)
+    width = min(2 * widest, flat.shape[1])
+    top = np.argpartition(-flat, width - 1, axis=1)[:, :width]
+    values = np.take_along_axis(flat, top, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    values = np.take_along_axis(values, order, axis=1)
+    token = np.take_along_axis(tokens_at.reshape(len(uniq), -1), top, axis=1)
+    src_slot = top // per_row
+    valid = np.isfinite(values)
+    src_slot = np.where(valid, src_slot, 0)
+    parent = b_rows[first[:, None] + src_slot]
+
+    k_col = k[:, None]
+    is_end = token == end_id
+    closes = valid & is_end & (np.arange(width)[None, :] < k_col)
+    grows = valid & ~is_end
+    keep = grows & (np.cumsum(grows, axis=1) <= k_col)
+
+    for g, j in zip(*np.nonzero(closes), strict=True):
+        item, row = int(uniq[g]), int(parent[g, j])
+        attention = _row_attention(rows, out, row, include_step=False)
+        hyp = _hypothesis(
+            rows.tokens[row], attention, values[g, j], ended=True, alpha=float(items.alpha[item])
+        )
+        items.add(item, hyp)
+
+    max_len = items.max_len[uniq]
+    at_limit = max_len <= t
+    for g, j in zip(*np.nonzero(keep & at_limit[:, None]), strict=True):
+        item, row = int(uniq[g]), int(parent[g, j])
+        seq = np.append(rows.tokens[row], token[g, j])
+        attention = _row_attention(rows, out, row, include_step=True)
+        hyp = _hypothesis(seq, attention, values[g, j], ended=False, alpha=float(items.alpha[item]))
+        items.add(item, hyp)
+
+    # A live beam's log-probability only falls, so its best reachable score is its current
+    # log-probability over the most favourable length still possible.
+    alpha = items.alpha[uniq][:, None]
+    reachable = np.maximum(
+        values / np.power(float(t + 1), alpha), values / np.power(max_len[:, None], alpha)
     )
+    best_live = np.where(keep, reachable, -np.inf).max(axis=1)
+    hopeless = best_live <= items.nth_best[uniq]
+    keep &= ~(at_limit | hopeless)[:, None]
+    return parent[keep], token[keep].astype(np.int32), values[keep]

@@ -82,6 +82,39 @@ def reference_greedy(
     return tuple(out), logprob
 
 
+def reference_beam(
+    table: NDArray[np.float64], image_id: int, request: DecodeRequest, push: float
+) -> list[tuple[tuple[int, ...], float]]:
+    """Textbook one-item beam search, loops only, with the module's documented rules."""
+    k, alpha = request.beam_size, request.length_penalty
+    beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
+    done: list[tuple[tuple[int, ...], float]] = []  # (tokens, score)
+    for t in range(1, request.max_length + 1):
+        candidates = []
+        for tokens, logprob in beams:
+            logits = table[image_id, tokens[-1] if tokens else START].copy()
+            logits[END] += push * (t - 1)
+            logprobs = (logits - np.logaddexp.reduce(logits)).astype(np.float32)
+            candidates += [(logprob + float(lp), tokens, v) for v, lp in enumerate(logprobs)]
+        candidates.sort(key=lambda c: -c[0])
+        beams = []
+        for rank, (logprob, tokens, v) in enumerate(candidates[: 2 * k]):
+            if v == END:
+                if rank < k:
+                    done.append((tokens, logprob / (len(tokens) + 1) ** alpha))
+            elif len(beams) < k:
+                beams.append(((*tokens, v), logprob))
+        if t == request.max_length:
+            done += [(tokens, logprob / len(tokens) ** alpha) for tokens, logprob in beams]
+            break
+        if len(done) >= request.num_captions:
+            nth = sorted((score for _, score in done), reverse=True)[request.num_captions - 1]
+            reachable = max(lp / request.max_length**alpha for _, lp in beams)
+            if reachable <= nth:
+                break
+    return sorted(done, key=lambda d: -d[1])[: request.num_captions]
+
+
 def probs_table(rows: dict[int, dict[int, float]], vocab: int = 6) -> NDArray[np.float64]:
     table = np.full((1, vocab, vocab), -50.0)
     for prev, dist in rows.items():
@@ -256,3 +289,20 @@ def test_images_and_requests_must_match() -> None:
             start_id=START,
             end_id=END,
         )
+
+
+@pytest.mark.parametrize(
+    ("beam_size", "num_captions", "alpha"), [(2, 1, 0.0), (3, 2, 0.7), (5, 5, 1.0), (4, 1, 0.7)]
+)
+def test_beam_search_matches_an_independent_reference(
+    beam_size: int, num_captions: int, alpha: float
+) -> None:
+    table = random_table(images=10, seed=10 + beam_size)
+    request = DecodeRequest(
+        beam_size=beam_size, num_captions=num_captions, max_length=8, length_penalty=alpha
+    )
+    results = decode(TableStep(table, end_push=0.3), [request] * 10)
+    for image_id, hyps in enumerate(results):
+        expected = reference_beam(table, image_id, request, push=0.3)
+        assert [h.tokens for h in hyps] == [tokens for tokens, _ in expected]
+        assert [h.score for h in hyps] == pytest.approx([score for _, score in expected], abs=1e-5)
