@@ -14,6 +14,22 @@ SHARED_DATA = Path(
 )
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow", action="store_true", help="also run the long variants marked 'slow'"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``slow`` tests are deselected (not skipped) unless ``--run-slow`` is given."""
+    if config.getoption("--run-slow"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+        config.hook.pytest_deselected(items=slow)
+
+
 @pytest.fixture(autouse=True)
 def _clean_caption_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No test sees CAPTION_* variables from the caller's shell."""
