@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     arg("--eval-beam-size", type=int, default=3, help="beam size for --evaluate (default: 3)")
     arg("--eval-limit", type=int, help="evaluate on the first N test images only (default: all)")
+    arg(
+        "--eval-out",
+        type=Path,
+        help="keep --evaluate's captions.jsonl and summary.json in this folder "
+        "(default: a temporary folder, deleted)",
+    )
     arg("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     arg("--parity-images", type=int, default=8, help="real images for the parity check (def. 8)")
     arg(
@@ -83,11 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate(bundle: Path, data_dir: Path, beam_size: int, limit: int | None) -> dict[str, Any]:
-    """Score ``bundle`` on the test split with ``training.evaluate``; return its summary."""
+def evaluate(
+    bundle: Path, data_dir: Path, beam_size: int, limit: int | None, out: Path | None = None
+) -> dict[str, Any]:
+    """Score ``bundle`` on the test split with ``training.evaluate``; return its summary.
+
+    Kept for the manifest: split, metrics, BLEU-4 bootstrap interval, counts and settings
+    (machine-specific paths and timings dropped).
+    """
     from training import evaluate as evaluation
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = str(out) if out is not None else scratch
         argv = ["--bundle", str(bundle), "--split", "test", "--beam-size", str(beam_size)]
         argv += ["--out", tmp, "--data-dir", str(data_dir)]
         if limit is not None:
@@ -96,7 +109,11 @@ def evaluate(bundle: Path, data_dir: Path, beam_size: int, limit: int | None) ->
         if code != 0:
             raise RuntimeError(f"evaluation failed with exit code {code}")
         summary: dict[str, Any] = json.loads((Path(tmp) / "summary.json").read_text())
-    return summary
+    settings = {k: v for k, v in summary.get("settings", {}).items() if k != "data_dir"}
+    kept: dict[str, Any] = {
+        k: summary[k] for k in ("split", "metrics", "bleu_4_ci", "counts") if k in summary
+    }
+    return {**kept, "settings": settings}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info("wrote bundle %s", bundle)
     if args.evaluate:
-        summary = evaluate(bundle, data_dir, args.eval_beam_size, args.eval_limit)
+        summary = evaluate(bundle, data_dir, args.eval_beam_size, args.eval_limit, args.eval_out)
         record_metrics(bundle, {"test": summary})
         log.info("test metrics: %s", summary.get("metrics", summary))
     return 0

@@ -49,6 +49,7 @@ def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory, flickr8k_
     argv = ["--run-dir", str(tiny_run), "--out", str(out), "--data-dir", str(flickr8k_dir)]
     argv += ["--version", "0.1.0", "--quantize", "int8"]
     argv += ["--calibration-images", "16", "--agreement-images", "8"]
+    argv += ["--evaluate", "--eval-limit", "8", "--eval-out", str(out.parent / "eval")]
     assert main(argv) == 0
     return out
 
@@ -67,6 +68,15 @@ def test_bundle_from_a_run_validates(exported: Path, tiny_run: Path) -> None:
     assert manifest.training["history"]["epochs"] == 1
     assert manifest.files[KERAS_WEIGHTS_FILE].sha256 == sha256_of(tiny_run / "best.weights.h5")
     assert manifest.quantization is not None and manifest.encoder.int8_file
+
+
+def test_evaluation_metrics_are_stored_in_the_manifest(exported: Path) -> None:
+    test = load_manifest(exported).metrics["test"]
+    assert test["split"] == "test" and test["counts"]["images"] == 8
+    assert test["settings"]["beam_size"] == 3
+    for key in ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "nltk_bleu_4"):
+        assert test["metrics"][key] >= 0.0
+    assert (exported.parent / "eval" / "captions.jsonl").is_file()
 
 
 def test_parity_holds_on_the_real_encoder(exported: Path) -> None:
