@@ -16,8 +16,10 @@ import sys
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.app import create_app
+from service.logs import configure_logging
 from service.manifest import BundleError
 from service.runtime import CaptionModel, ProviderUnavailable
 from service.settings import Settings
@@ -61,8 +63,11 @@ class DrainingServer(uvicorn.Server):
 
 
 def main() -> int:
-    settings = Settings()
-    from service.logs import configure_logging
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"captioner: invalid CAPTION_* settings: {exc}", file=sys.stderr)
+        return 2
 
     configure_logging(settings.log_level, json_lines=settings.log_json)
     try:
