@@ -26,6 +26,7 @@ started=$(date +%s)
 WORK=$(mktemp -d /tmp/deploy-checks.XXXXXX)
 DOCKERD_PID=""
 PROM_PID=""
+HTTP_PID=""
 
 step() { echo; echo "=== [deploy +$(( $(date +%s) - started ))s] $*"; }
 die() { echo; echo "!!! DEPLOY CHECK FAILED: $*" >&2; exit 1; }
@@ -34,8 +35,10 @@ cleanup() {
     local rc=$?
     set +e
     if [[ -n $PROM_PID ]]; then kill "$PROM_PID" 2>/dev/null; wait "$PROM_PID" 2>/dev/null; fi
+    if [[ -n $HTTP_PID ]]; then kill "$HTTP_PID" 2>/dev/null; wait "$HTTP_PID" 2>/dev/null; fi
     if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-        docker rm -f captioner-ci captioner-ci-mounted >/dev/null 2>&1
+        docker rm -f captioner-ci captioner-ci-mounted captioner-ci-url >/dev/null 2>&1
+        docker volume rm -f captioner-ci-models >/dev/null 2>&1
     fi
     if [[ -n $DOCKERD_PID ]]; then
         kill "$DOCKERD_PID" 2>/dev/null
@@ -179,11 +182,13 @@ base_image() {
 
 build_image() {
     step "test bundles"
-    "$PY" - "$WORK/tiny" <<'PY'
+    "$PY" - "$WORK" <<'PY'
 import sys
 from pathlib import Path
 from tests.tiny_bundle import build_tiny_bundle
-print("tiny bundle:", build_tiny_bundle(Path(sys.argv[1])))
+work = Path(sys.argv[1])
+print("tiny bundle:", build_tiny_bundle(work / "tiny"))
+print("bundle to mount:", build_tiny_bundle(work / "mounted", name="mounted-override", seed=1))
 PY
     BUNDLE_ARG=models/default
     if [[ ! -f models/default/manifest.json ]]; then
@@ -309,17 +314,46 @@ PY
 
 mounted_bundle() {
     step "a mounted bundle overrides the baked one (CAPTION_BUNDLE_DIR)"
-    chmod -R a+rX "$WORK/tiny"
+    chmod -R a+rX "$WORK/mounted"
     docker run -d --name captioner-ci-mounted --read-only --tmpfs /tmp:size=64m --cap-drop ALL \
-        -v "$WORK/tiny:/models/custom:ro" -e CAPTION_BUNDLE_DIR=/models/custom \
+        -v "$WORK/mounted:/models/custom:ro" -e CAPTION_BUNDLE_DIR=/models/custom \
         -p 127.0.0.1:$((APP_PORT + 1)):8000 "$IMAGE" >/dev/null
     wait_for 120 "the mounted-bundle container to be ready" curl -fsS "http://127.0.0.1:$((APP_PORT + 1))/readyz"
     local name
-    name=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['name'])" "$WORK/tiny/manifest.json")
+    name=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['name'])" "$WORK/mounted/manifest.json")
     curl -fsS "http://127.0.0.1:$((APP_PORT + 1))/metrics" | grep "^caption_model_info{" | tee "$WORK/info.txt"
     grep -q "name=\"$name\"" "$WORK/info.txt" || die "mounted bundle $name not served"
     caption_through $((APP_PORT + 1)) >/dev/null || die "caption with the mounted bundle"
     docker rm -f captioner-ci-mounted >/dev/null
+}
+
+url_bundle() {
+    step "chart model.source=url: the initContainer downloader runs in the image (non-root, read-only)"
+    local served=$WORK/served port=$((APP_PORT + 80))
+    mkdir -p "$served"
+    tar -C "$WORK" -czf "$served/bundle.tar.gz" mounted
+    local digest
+    digest=$(sha256sum "$served/bundle.tar.gz" | cut -d' ' -f1)
+    "$PY" -m http.server "$port" --bind 127.0.0.1 --directory "$served" >"$WORK/http.log" 2>&1 &
+    HTTP_PID=$!
+    wait_for 20 "the archive server" curl -fsS -o /dev/null "http://127.0.0.1:$port/bundle.tar.gz"
+    # The volume stands for the pod's emptyDir (fsGroup 10001 makes it writable there).
+    docker volume create captioner-ci-models >/dev/null
+    docker run --rm --user 0 -v captioner-ci-models:/models --entrypoint chown "$IMAGE" 10001:10001 /models
+    docker run --rm --network host --read-only --tmpfs /tmp:size=64m --cap-drop ALL \
+        -v captioner-ci-models:/models -v "$REPO/$CHART/files:/opt/captioner-fetch:ro" \
+        --entrypoint python "$IMAGE" /opt/captioner-fetch/fetch_bundle.py \
+        --url "http://127.0.0.1:$port/bundle.tar.gz" --dest /models/bundle --archive-sha256 "$digest" \
+        || die "fetch_bundle.py in the image"
+    docker run -d --name captioner-ci-url --read-only --tmpfs /tmp:size=64m --cap-drop ALL \
+        -v captioner-ci-models:/models:ro -e CAPTION_BUNDLE_DIR=/models/bundle \
+        -p 127.0.0.1:$((APP_PORT + 2)):8000 "$IMAGE" >/dev/null
+    wait_for 120 "the url-bundle container to be ready" curl -fsS "http://127.0.0.1:$((APP_PORT + 2))/readyz"
+    caption_through $((APP_PORT + 2)) || die "caption with the downloaded bundle"
+    docker rm -f captioner-ci-url >/dev/null
+    docker volume rm captioner-ci-models >/dev/null
+    kill "$HTTP_PID" && wait "$HTTP_PID" 2>/dev/null || true
+    HTTP_PID=""
 }
 
 graceful_stop() {
@@ -346,6 +380,7 @@ if [[ $WHAT == image || $WHAT == all ]]; then
     run_image
     prometheus_scrape
     mounted_bundle
+    url_bundle
     graceful_stop
 fi
 step "deploy checks passed"
