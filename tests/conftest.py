@@ -53,3 +53,11 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_bundle import build_tiny_bundle  # imports onnx: only when a test needs it
 
     return build_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_attention_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like ``tiny_bundle`` with a grid encoder output and an attention decoder over it."""
+    from tests.tiny_bundle import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-attention", attention=True)

@@ -79,19 +79,44 @@ def _save(graph: onnx.GraphProto, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def _encoder(path: Path, rng: np.random.Generator, image_size: int, feature_dim: int) -> None:
+def _encoder(
+    path: Path, rng: np.random.Generator, image_size: int, feature_dim: int, *, grid: bool
+) -> None:
     cell = image_size // GRID
     cells = GRID * GRID * 3
     weights = (rng.standard_normal((cells, feature_dim)) * 2.5 / np.sqrt(cells)).astype(np.float32)
     bias = (rng.standard_normal(feature_dim) * 0.1).astype(np.float32)
     nodes = [
-        helper.make_node("Reshape", ["image", "grid_shape"], ["grid"]),
-        helper.make_node("ReduceMean", ["grid"], ["cell_means"], axes=[2, 4], keepdims=0),
+        helper.make_node("Reshape", ["image", "grid_shape"], ["blocks"]),
+        helper.make_node("ReduceMean", ["blocks"], ["cell_means"], axes=[2, 4], keepdims=0),
         helper.make_node("Reshape", ["cell_means", "flat_shape"], ["flat"]),
         helper.make_node("MatMul", ["flat", "w"], ["projected"]),
         helper.make_node("Add", ["projected", "b"], ["pre"]),
         helper.make_node("Tanh", ["pre"], ["features"]),
     ]
+    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", feature_dim])]
+    initializer = [
+        _const("grid_shape", np.array([-1, GRID, cell, GRID, cell, 3], dtype=np.int64)),
+        _const("flat_shape", np.array([-1, cells], dtype=np.int64)),
+        _const("w", weights),
+        _const("b", bias),
+    ]
+    if grid:  # per-cell features (batch, GRID*GRID, D) for an attention decoder
+        w_grid = (rng.standard_normal((3, feature_dim)) * 2.0).astype(np.float32)
+        nodes += [
+            helper.make_node("Reshape", ["cell_means", "cells_shape"], ["cell_rows"]),
+            helper.make_node("MatMul", ["cell_rows", "w_grid"], ["grid_pre"]),
+            helper.make_node("Tanh", ["grid_pre"], ["grid"]),
+        ]
+        outputs.append(
+            helper.make_tensor_value_info(
+                "grid", TensorProto.FLOAT, ["batch", GRID * GRID, feature_dim]
+            )
+        )
+        initializer += [
+            _const("cells_shape", np.array([-1, GRID * GRID, 3], dtype=np.int64)),
+            _const("w_grid", w_grid),
+        ]
     graph = helper.make_graph(
         nodes,
         "tiny_encoder",
@@ -100,21 +125,20 @@ def _encoder(path: Path, rng: np.random.Generator, image_size: int, feature_dim:
                 "image", TensorProto.FLOAT, ["batch", image_size, image_size, 3]
             )
         ],
-        outputs=[
-            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", feature_dim])
-        ],
-        initializer=[
-            _const("grid_shape", np.array([-1, GRID, cell, GRID, cell, 3], dtype=np.int64)),
-            _const("flat_shape", np.array([-1, cells], dtype=np.int64)),
-            _const("w", weights),
-            _const("b", bias),
-        ],
+        outputs=outputs,
+        initializer=initializer,
     )
     _save(graph, path)
 
 
 def _decoder(
-    path: Path, rng: np.random.Generator, vocab_size: int, feature_dim: int, hidden: int
+    path: Path,
+    rng: np.random.Generator,
+    vocab_size: int,
+    feature_dim: int,
+    hidden: int,
+    *,
+    attention: bool,
 ) -> None:
     embed = hidden
     gates = 4 * hidden  # order: input, forget, cell candidate, output
@@ -149,11 +173,37 @@ def _decoder(
     repeat_penalty = np.zeros((vocab_size, vocab_size), dtype=np.float32)
     np.fill_diagonal(repeat_penalty, -4.0)
 
-    nodes = [
+    image = "image_features"
+    image_shape: list[str | int] = ["batch", feature_dim]
+    nodes: list[onnx.NodeProto] = []
+    initializer: list[onnx.TensorProto] = []
+    outputs: list[onnx.ValueInfoProto] = []
+    if attention:  # dot-product attention of the previous h over the grid -> context (B, D)
+        image, image_shape = "context", ["batch", GRID * GRID, feature_dim]
+        nodes += [
+            helper.make_node("MatMul", ["h", "w_q"], ["query"]),
+            helper.make_node("Unsqueeze", ["query", "axis_1"], ["query3"]),
+            helper.make_node("Mul", ["image_features", "query3"], ["match"]),
+            helper.make_node("ReduceSum", ["match", "axis_2"], ["scores"], keepdims=0),
+            helper.make_node("Softmax", ["scores"], ["attention"], axis=1),
+            helper.make_node("Unsqueeze", ["attention", "axis_2"], ["attention3"]),
+            helper.make_node("Mul", ["image_features", "attention3"], ["weighted"]),
+            helper.make_node("ReduceSum", ["weighted", "axis_1"], ["context"], keepdims=0),
+        ]
+        initializer += [
+            _const("w_q", normal(hidden, feature_dim, scale=4.0 / np.sqrt(hidden))),
+            _const("axis_1", np.array([1], dtype=np.int64)),
+            _const("axis_2", np.array([2], dtype=np.int64)),
+        ]
+        outputs.append(
+            helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["batch", GRID * GRID])
+        )
+
+    nodes += [
         helper.make_node("Gather", ["embedding", "token"], ["x"], axis=0),
         helper.make_node("MatMul", ["x", "w_x"], ["zx"]),
         helper.make_node("MatMul", ["h", "w_h"], ["zh"]),
-        helper.make_node("MatMul", ["image_features", "w_f"], ["zf"]),
+        helper.make_node("MatMul", [image, "w_f"], ["zf"]),
         helper.make_node("Add", ["zx", "zh"], ["z1"]),
         helper.make_node("Add", ["z1", "zf"], ["z2"]),
         helper.make_node("Add", ["z2", "b"], ["z"]),
@@ -168,7 +218,7 @@ def _decoder(
         helper.make_node("Tanh", ["c_out"], ["c_act"]),
         helper.make_node("Mul", ["go", "c_act"], ["h_out"]),
         helper.make_node("MatMul", ["h_out", "w_o"], ["lh"]),
-        helper.make_node("MatMul", ["image_features", "w_fo"], ["lf"]),
+        helper.make_node("MatMul", [image, "w_fo"], ["lf"]),
         helper.make_node("Gather", ["repeat_penalty", "token"], ["lr"], axis=0),
         helper.make_node("Add", ["lh", "lf"], ["l1"]),
         helper.make_node("Add", ["l1", "lr"], ["l2"]),
@@ -182,16 +232,16 @@ def _decoder(
             helper.make_tensor_value_info("token", TensorProto.INT32, ["batch"]),
             helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", hidden]),
             helper.make_tensor_value_info("c", TensorProto.FLOAT, ["batch", hidden]),
-            helper.make_tensor_value_info(
-                "image_features", TensorProto.FLOAT, ["batch", feature_dim]
-            ),
+            helper.make_tensor_value_info("image_features", TensorProto.FLOAT, image_shape),
         ],
         outputs=[
             helper.make_tensor_value_info("logprobs", TensorProto.FLOAT, ["batch", vocab_size]),
             helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", hidden]),
             helper.make_tensor_value_info("c_out", TensorProto.FLOAT, ["batch", hidden]),
+            *outputs,
         ],
         initializer=[
+            *initializer,
             _const("embedding", emb),
             _const("w_x", w_x),
             _const("w_h", w_h),
@@ -218,8 +268,13 @@ def build_tiny_bundle(
     max_length: int = 12,
     name: str = "tiny",
     version: str = "0.0.1",
+    attention: bool = False,
 ) -> Path:
-    """Write a manifest-valid bundle into ``out_dir`` (created if needed) and return it."""
+    """Write a manifest-valid bundle into ``out_dir`` (created if needed) and return it.
+
+    ``attention=True`` makes the encoder also output ``grid`` (batch, 16, D) and the decoder an
+    attention decoder over it (``image_role="grid"``, output ``attention`` (B, 16)).
+    """
     if image_size % GRID:
         raise ValueError(f"image_size must be a multiple of {GRID}")
     if hidden < 2:
@@ -229,8 +284,8 @@ def build_tiny_bundle(
     rng = np.random.default_rng(seed)
     vocab = Vocabulary(tokens=SPECIALS + tuple(words))
 
-    _encoder(out_dir / "encoder.onnx", rng, image_size, feature_dim)
-    _decoder(out_dir / "decoder.onnx", rng, len(vocab), feature_dim, hidden)
+    _encoder(out_dir / "encoder.onnx", rng, image_size, feature_dim, grid=attention)
+    _decoder(out_dir / "decoder.onnx", rng, len(vocab), feature_dim, hidden, attention=attention)
     vocab.save(out_dir / "vocab.json")
 
     files = {f: file_entry(out_dir / f) for f in ("encoder.onnx", "decoder.onnx", "vocab.json")}
@@ -239,8 +294,9 @@ def build_tiny_bundle(
         version=version,
         encoder=EncoderSpec(
             name="tiny_grid_mean",
-            outputs={"pooled": "features"},
+            outputs={"pooled": "features", "grid": "grid"} if attention else {"pooled": "features"},
             feature_dim=feature_dim,
+            grid_size=GRID * GRID if attention else None,
             preprocessing=Preprocessing(
                 height=image_size,
                 width=image_size,
@@ -251,7 +307,9 @@ def build_tiny_bundle(
             weights=f"random (seed {seed})",
         ),
         decoder=DecoderSpec(
-            architecture="lstm_merge",
+            architecture="lstm_attention" if attention else "lstm_merge",
+            image_role="grid" if attention else "pooled",
+            attention_output="attention" if attention else None,
             states=[
                 StateTensor(input="h", output="h_out", size=hidden),
                 StateTensor(input="c", output="c_out", size=hidden),

@@ -197,3 +197,22 @@ def test_a_broken_onnx_file_is_refused(bundle_copy: Path) -> None:
 def test_int8_requested_without_an_int8_encoder_is_refused(tiny_bundle: Path) -> None:
     with pytest.raises(BundleError, match="no int8 encoder"):
         CaptionModel.load(tiny_bundle, use_int8=True)
+
+
+def test_an_attention_decoder_returns_attention_per_word(
+    tiny_attention_bundle: Path, flickr8k_dir: Path
+) -> None:
+    model = CaptionModel.load(tiny_attention_bundle)
+    names = (flickr8k_dir / "Flickr_8k.testImages.txt").read_text().split()[:6]
+    images = np.stack([model.preprocess((flickr8k_dir / "images" / n).read_bytes()) for n in names])
+    features = model.encode(images)
+    assert features["grid"].shape == (6, 16, 16)
+    assert features["pooled"].shape == (6, 16)
+    requests = [model.request(), model.request(beam_size=3, num_captions=2)] * 3
+    for captions in model.caption(features, requests):
+        for caption in captions:
+            assert caption.text
+            assert caption.attention is not None
+            weights = np.asarray(caption.attention)
+            assert weights.shape == (len(caption.tokens), 16)
+            np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
