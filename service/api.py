@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -233,6 +234,16 @@ async def _unless_disconnected(
     return work.result()
 
 
+@contextlib.asynccontextmanager
+async def _body_deadline(deadline: float) -> AsyncIterator[None]:
+    """A client that trickles its body is cut off at the request deadline (504)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            yield
+    except TimeoutError:
+        raise DeadlineExceeded("the request body did not arrive within the deadline") from None
+
+
 def _deadline(state: ServiceState) -> tuple[float, float]:
     """(loop deadline, perf_counter arrival)."""
     return (
@@ -255,9 +266,10 @@ async def caption(request: Request, state: StateDep) -> Response:
     async with state.admitted():
         try:
             assert state.rules is not None
-            image, options = await parse_caption_request(
-                request, state.rules, max_upload_bytes=state.settings.max_upload_bytes
-            )
+            async with _body_deadline(deadline):
+                image, options = await parse_caption_request(
+                    request, state.rules, max_upload_bytes=state.settings.max_upload_bytes
+                )
             progress: dict[str, bool] = {}
             work = asyncio.ensure_future(
                 caption_one(
@@ -319,13 +331,14 @@ async def caption_batch(request: Request, state: StateDep) -> Response:
     settings = state.settings
     assert state.rules is not None
     try:
-        items, options = await parse_batch_request(
-            request,
-            state.rules,
-            max_body_bytes=settings.max_batch_body_bytes,
-            max_items=settings.batch_max_items,
-            max_upload_bytes=settings.max_upload_bytes,
-        )
+        async with _body_deadline(deadline):
+            items, options = await parse_batch_request(
+                request,
+                state.rules,
+                max_body_bytes=settings.max_batch_body_bytes,
+                max_items=settings.batch_max_items,
+                max_upload_bytes=settings.max_upload_bytes,
+            )
     except CaptionError as exc:
         _count_rejection(state, exc)
         raise
