@@ -302,9 +302,21 @@ class CaptionModel:
         """``encode`` then ``caption``."""
         return self.caption(self.encode(images), requests)
 
-    def warm_up(self, batch_sizes: Sequence[int]) -> None:
-        """Run each batch size once through both sessions (first runs allocate and plan)."""
+    def warm_up(self, batch_sizes: Sequence[int], *, beam_size: int = 1) -> None:
+        """Run each batch size once through both sessions (first runs allocate and plan).
+
+        With ``beam_size`` > 1 the decoder also runs at ``size * beam_size`` rows, the widest
+        batch a beam search of that size produces.
+        """
+        spec = self.manifest.decoder
         for size in batch_sizes:
             images = np.zeros((size, *self.input_shape), dtype=np.float32)
+            features = self.encode(images)
             request = DecodeRequest(max_length=min(2, self.max_steps))
-            self.caption(self.encode(images), [request] * size)
+            self.caption(features, [request] * size)
+            if beam_size > 1:
+                rows = np.repeat(np.arange(size), beam_size)
+                image = features[spec.image_role][rows]
+                states = [np.zeros((len(rows), s), dtype=np.float32) for s in self._state_sizes]
+                tokens = np.full(len(rows), spec.special_tokens.start, dtype=np.int32)
+                self.step(tokens, states, image)

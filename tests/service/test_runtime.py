@@ -115,6 +115,7 @@ def test_concurrent_callers_get_the_same_captions(
 
 def test_warm_up_runs_each_batch_size(model: CaptionModel) -> None:
     model.warm_up([1, 3])
+    model.warm_up([2], beam_size=4)
 
 
 def test_session_threads_default_to_the_cores() -> None:
