@@ -211,7 +211,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
         raise EmptyBody("the request body is empty")
     try:
         value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # syntax, encoding, > 4300-digit ints, nesting
         raise InvalidJson(f"the body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidJson("the JSON body must be an object")
