@@ -77,7 +77,7 @@ class ServiceState:
                     use_int8=s.use_int8,
                 )
             model = self.model
-            await asyncio.to_thread(model.warm_up, s.warmup_sizes)
+            await asyncio.to_thread(model.warm_up, s.warmup_sizes, beam_size=s.default_beam_size)
         except Exception as exc:
             self.phase, self.failure = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("model start-up failed")

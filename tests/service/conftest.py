@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from service.app import create_app
 from service.metrics import Metrics
+from service.runtime import CaptionModel
 from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -65,19 +66,26 @@ def wait_ready(
 
 
 @contextlib.contextmanager
-def run_server(bundle: Path, **overrides: Any) -> Iterator[RunningServer]:
+def run_server(
+    bundle: Path, *, model: CaptionModel | None = None, wait: bool = True, **overrides: Any
+) -> Iterator[RunningServer]:
     sock = free_socket()
     port = sock.getsockname()[1]
     settings = Settings(bundle_dir=bundle, host="127.0.0.1", port=port, **overrides)
     registry = CollectorRegistry()
-    app = create_app(settings, registry=registry)
+    app = create_app(settings, registry=registry, model=model)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, alive=thread.is_alive)
+        if wait:
+            wait_ready(url, alive=thread.is_alive)
+        else:
+            while not server.started:
+                assert thread.is_alive(), "server thread died"
+                time.sleep(0.01)
         yield RunningServer(url=url, settings=settings, metrics=app.state.metrics)
     finally:
         server.should_exit = True

@@ -9,15 +9,16 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
+from service.runtime import CaptionModel
 from tests.service import images
-from tests.service.conftest import RunningServer, run_process, wait_ready
+from tests.service.conftest import RunningServer, run_process, run_server, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -399,6 +400,34 @@ def test_health_readiness_docs_and_page(client: httpx.Client) -> None:
     assert {"/caption", "/caption/batch", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
+class HeldWarmUp(CaptionModel):
+    """The real model whose warm-up waits for the test to let it finish."""
+
+    release = threading.Event()
+
+    def warm_up(self, batch_sizes: Sequence[int], *, beam_size: int = 1) -> None:
+        assert self.release.wait(30)
+        super().warm_up(batch_sizes, beam_size=beam_size)
+
+
+def test_not_ready_until_warmed_up(tiny_bundle: Path, jpeg: bytes) -> None:
+    model = CaptionModel.load(tiny_bundle)
+    model.__class__ = HeldWarmUp
+    with run_server(tiny_bundle, model=model, wait=False) as running:
+        ready = httpx.get(f"{running.url}/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "starting"
+        assert httpx.get(f"{running.url}/healthz").status_code == 200
+        r = httpx.post(
+            f"{running.url}/caption", content=jpeg, headers={"Content-Type": "image/jpeg"}
+        )
+        assert (r.status_code, r.json()["code"]) == (503, "not_ready")
+        assert "retry-after" in r.headers
+        assert running.sample("caption_ready") == 0
+        HeldWarmUp.release.set()
+        wait_ready(running.url)
+        assert running.sample("caption_ready") == 1
 
 
 def test_bad_bundle_exits_nonzero_with_the_reason(tmp_path: Path, tiny_bundle: Path) -> None:
