@@ -217,6 +217,9 @@ class MicroBatcher(Generic[T, R]):
             self._wake.clear()
             await self._wake.wait()
         await self._slots.acquire()
+        if not self._pending:  # everything queued was abandoned while we waited for a slot
+            self._slots.release()
+            return
         batch = self._collecting
         try:
             await self._collect(batch)

@@ -341,3 +341,22 @@ async def test_concurrent_batches_are_bounded(cleanup: list[MicroBatcher[int, in
     assert len(runner.batches) == 2 and batcher.queued == 2
     runner.open()
     assert await asyncio.gather(*tasks) == [0, 10, 20, 30]
+
+
+async def test_abandoned_while_waiting_for_a_slot_is_quietly_skipped(
+    cleanup: list[MicroBatcher[int, int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = FakeRunner(gated=True)
+    batcher = make(runner)
+    cleanup.append(batcher)
+    first = asyncio.create_task(batcher.submit(0))
+    await runner.started.wait()
+    second = asyncio.create_task(batcher.submit(1))
+    await until(lambda: batcher.queued == 1)
+    second.cancel()  # the flush loop is waiting for the busy slot meanwhile
+    await until(lambda: batcher.queued == 0)
+    runner.open()
+    assert await first == 0
+    assert await batcher.submit(2) == 20
+    assert runner.batches == [[0], [2]]
+    assert "flush loop failed" not in caplog.text
