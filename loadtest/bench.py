@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import functools
 import gc
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 from loadtest import benchdoc, flops, generator
 from loadtest.baseline import load_baseline, measure
 from loadtest.payloads import PayloadPool, find_images
+from loadtest.profiling import CpuMeter, PySpy
 from loadtest.report import plot_steps, write_json
 from loadtest.service_proc import ServiceProcess
 
@@ -51,6 +53,12 @@ class BenchConfig:
     level_s: float = 15.0
     """Duration of the 50/80/100% and 2x runs."""
     naive_images: int = 5
+    profile: bool = True
+    """Sample the service with py-spy during an extra step at its max sustained rate."""
+    coarse_steps: int = 10
+    """The coarse ramp climbs in steps of ceiling / coarse_steps."""
+    fine_steps: int = 3
+    """Steps of the finer ramp between the last good coarse step and the knee (0: none)."""
     max_rate: float | None = None
     """Cap on any offered rate (quick mode keeps the generator inside its own limits)."""
     service_env: dict[str, str] = field(default_factory=dict)
@@ -58,11 +66,13 @@ class BenchConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BenchConfig:
         cfg = cls(bundle_dir=args.bundle, images=args.images, out_dir=args.out_dir)
+        cfg.profile = not args.no_profile
         if args.quick:
             cfg.quick = True
             cfg.offline_images, cfg.batch_sizes = 16, (1, 4)
             cfg.idle_s, cfg.step_s, cfg.level_s = 1.5, 1.5, 1.5
             cfg.naive_images, cfg.max_rate = 1, 120.0
+            cfg.coarse_steps, cfg.fine_steps = 3, 0
         for item in args.service_env or []:
             key, _, value = item.partition("=")
             cfg.service_env[key] = value
@@ -74,6 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, default=None, help="default: Flickr8k test images")
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "docs")
     p.add_argument("--quick", action="store_true", help="every phase, briefly (smoke test)")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of (b)")
     p.add_argument(
         "--service-env",
         action="append",
@@ -166,10 +177,10 @@ async def _capacity(
     ceiling: float,
     bound_ms: float,
 ) -> dict[str, Any]:
-    """A coarse ramp in steps of ceiling/10, then a finer one between the last good step and
-    the knee. Max sustained = best throughput of a step within every criterion."""
+    """A coarse ramp in steps of ceiling / coarse_steps, then a finer one between the last good
+    step and the knee. Max sustained = best throughput of a step within every criterion."""
     cap = cfg.max_rate or 4 * ceiling
-    coarse = max(1.0, min(ceiling, cap) / 10)
+    coarse = max(1.0, min(ceiling, cap) / cfg.coarse_steps)
     ramp = functools.partial(
         generator.ramp,
         client,
@@ -183,8 +194,8 @@ async def _capacity(
     steps = list(first.summaries)
     good = first.max_sustained_rate or 0.0
     knee = first.knee_rate
-    if knee is not None:
-        fine = (knee - good) / 4
+    if knee is not None and cfg.fine_steps:
+        fine = (knee - good) / (cfg.fine_steps + 1)
         if fine >= 0.5:
             second = await ramp(start=good + fine, step=fine, max_rate=knee - fine / 2, seed=100)
             steps += second.summaries
@@ -204,8 +215,8 @@ async def _service_run(
     cfg: BenchConfig, pool: PayloadPool, env: dict[str, str], ceiling: float
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"env": env}
-    log = cfg.out_dir / f"service-{env.get('CAPTION_MAX_BATCH_SIZE', 'default')}.log"
-    with ServiceProcess(cfg.bundle_dir, env=env, log_path=Path("/tmp") / log.name) as svc:
+    env.setdefault("CAPTION_LOG_LEVEL", "warning")  # no access log line per request under load
+    with ServiceProcess(cfg.bundle_dir, env=env) as svc:
         target = generator.Target(svc.base_url, timeout_s=60.0)
         async with generator.make_client(target) as client:
             await generator.closed_loop(
@@ -242,7 +253,30 @@ async def _service_run(
                 levels[f"{frac:g}"] = step.summary()
                 print("  " + generator.step_line(levels[f"{frac:g}"]), flush=True)
             out["levels"] = levels
+            if cfg.profile:
+                out["profile"] = await _profiled_step(client, target, pool, cfg, svc, best)
     return out
+
+
+async def _profiled_step(
+    client: generator.LoadClient,
+    target: generator.Target,
+    pool: PayloadPool,
+    cfg: BenchConfig,
+    svc: ServiceProcess,
+    rate: float,
+) -> dict[str, Any]:
+    """One more step at ``rate`` with py-spy sampling the service (kept out of the figures)."""
+    assert svc.pid is not None
+    spy = PySpy(svc.pid, cfg.level_s, Path(tempfile.mkdtemp()) / "service.pyspy.txt")
+    if not spy.available:
+        return {"available": False}
+    step = await generator.open_loop(
+        client, target, pool, rate=rate, duration_s=cfg.level_s, seed=77, progress=False
+    )
+    profile = spy.finish()
+    profile["step"] = {k: step.summary()[k] for k in ("offered_rate", "throughput", "latency_ms")}
+    return profile
 
 
 def service_phase(
@@ -251,7 +285,10 @@ def service_phase(
     env = dict(cfg.service_env)
     if not batching:
         env["CAPTION_MAX_BATCH_SIZE"] = "1"
-    return asyncio.run(_service_run(cfg, pool, env, ceiling))
+    meter = CpuMeter().start()
+    out = asyncio.run(_service_run(cfg, pool, env, ceiling))
+    out["cpu"] = meter.read()
+    return out
 
 
 # --- the whole run ----------------------------------------------------------------------------
@@ -309,8 +346,10 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     cfg = BenchConfig.from_args(args)
     started = time.time()
+    meter = CpuMeter().start()
     results = run(cfg)
     results["wall_s"] = time.time() - started
+    results["cpu"] = meter.read()
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(cfg.out_dir / "benchmarks.json", results)
     plot_steps(

@@ -72,9 +72,25 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     over = levels["2"]
     out["overload_503_share"] = over["rejected_503_share"]
     out["overload_503_p99_ms"] = over["rejected_503_service_ms"].get("p99")
-    out["overload_accepted_max_ms"] = over["latency_ms"].get("p99")
+    out["overload_accepted_p99_ms"] = over["latency_ms"].get("p99")
+    out["overload_accepted_max_ms"] = over["latency_max_ms"]
     out["overload_errors"] = over["errors"]
+    deadline_ms = 1000 * service_setting(results, "request_timeout_s")
+    out["deadline_ms"] = deadline_ms
+    out["overload_accepted_within_deadline"] = (
+        over["latency_max_ms"] is None or over["latency_max_ms"] <= deadline_ms
+    )
     return out
+
+
+def service_setting(results: dict[str, Any], name: str) -> Any:
+    """The value the service ran with: the bench's override, else the Settings default."""
+    from service.settings import Settings
+
+    env = results["service"].get("env", {})
+    raw = env.get(f"CAPTION_{name.upper()}")
+    default = Settings.model_fields[name].default
+    return type(default)(raw) if raw is not None else default
 
 
 def verdict(name: str, value: float | None) -> str:
@@ -101,10 +117,15 @@ def ratio_lines(r: dict[str, Any]) -> str:
         ("f    encoder fraction of fp32 peak", "f_encoder_fraction_of_peak"),
         ("p99 at 80% / idle p50", "p99_at_80_over_idle"),
         ("2x load: 503 answered in (p99 ms)", "overload_503_p99_ms"),
+        ("2x load: slowest accepted (ms)", "overload_accepted_max_ms"),
     ]
-    return "\n".join(
+    lines = [
         f"{label:<38} {_f(r.get(key), 3):>9}  {verdict(key, r.get(key))}" for label, key in names
-    )
+    ]
+    if "overload_accepted_within_deadline" in r:
+        ok = r["overload_accepted_within_deadline"]
+        lines[-1] += f"  {'met' if ok else 'MISSED'} (deadline {r['deadline_ms']:.0f} ms)"
+    return "\n".join(lines)
 
 
 def _level_rows(service: dict[str, Any]) -> list[str]:
@@ -245,6 +266,97 @@ def write(path: Path, results: dict[str, Any], *, quick: bool) -> Path:
         "503 p99 is measured from the actual send (time to be told no); p50/p99 of accepted "
         "requests from the scheduled send. Raw numbers: `benchmarks.json`.",
         "",
+        *_settings_lines(results),
+        *_batch_lines(svc),
+        *_cpu_lines(results),
+        *_profile_lines(svc.get("profile")),
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+SETTINGS_SHOWN = (
+    "max_batch_size", "max_wait_ms", "queue_size", "max_concurrent_batches", "intra_op_threads",
+    "decode_threads", "use_int8", "request_timeout_s",
+)  # fmt: skip
+
+
+def _settings_lines(results: dict[str, Any]) -> list[str]:
+    values = ", ".join(f"`{n}={service_setting(results, n)}`" for n in SETTINGS_SHOWN)
+    return [
+        "### Service settings in (b)",
+        "",
+        f"{values} (c) differs only in `max_batch_size=1`.",
+        "",
+    ]
+
+
+def _batch_lines(svc: dict[str, Any]) -> list[str]:
+    lines = ["### Batch sizes the service formed (b), from `/metrics`", ""]
+    lines += ["| load | batches | mean | distribution (bucket upper bound: batches) |"]
+    lines += ["|---|---|---|---|"]
+    for frac, step in svc["levels"].items():
+        srv = step.get("server", {})
+        dist = ", ".join(
+            f"<={k}: {v:.0f}" for k, v in srv.get("batch_size_distribution", {}).items() if v
+        )
+        lines.append(
+            f"| {float(frac):.0%} | {_f(srv.get('batches'), 0)} | "
+            f"{_f(srv.get('batch_size_mean'), 2)} | {dist} |"
+        )
+    level = svc["levels"].get("1", {}).get("server", {})
+    stages = [
+        f"{k.replace('_', ' ')} {v:.1f}" for k, v in level.items() if k.endswith(("_per_batch",
+        "_per_image"))
+    ]  # fmt: skip
+    if stages:
+        lines += ["", f"At 100%: {'; '.join(stages)} (ms)."]
+    return [*lines, ""]
+
+
+def _cpu_lines(results: dict[str, Any]) -> list[str]:
+    cpu = results.get("cpu")
+    if not cpu:
+        return []
+    parts = [
+        f"whole run: machine busy {cpu['machine_busy_share']:.0%}, other processes "
+        f"{cpu['others_share']:.0%}"
+    ]
+    for key, label in (("service", "(b)"), ("service_batch1", "(c)")):
+        if "cpu" in results[key]:
+            c = results[key]["cpu"]
+            parts.append(
+                f"{label}: busy {c['machine_busy_share']:.0%}, others {c['others_share']:.0%}"
+            )
+    return [
+        "### CPU shared with other processes",
+        "",
+        "Share of the machine's CPU time (all cores) used by processes outside this benchmark "
+        "and its service: " + "; ".join(parts) + ". Anything above a few percent lowers every "
+        "figure here.",
+        "",
+    ]
+
+
+def _profile_lines(profile: dict[str, Any] | None) -> list[str]:
+    if not profile:
+        return []
+    if not profile.get("available"):
+        return ["### Profile", "", "py-spy not installed (`pip install -e '.[bench]'`).", ""]
+    if not profile.get("samples"):
+        return ["### Profile", "", f"py-spy gave no samples: {profile.get('error', '')}", ""]
+    step = profile["step"]
+    lines = [
+        "### What bounds the service: py-spy at its max sustained rate (b)",
+        "",
+        f"An extra {step['offered_rate']:.1f}/s step ({step['throughput']:.1f}/s served) with "
+        f"py-spy sampling every thread of the service ({profile['samples']} samples, idle "
+        "threads excluded). Inclusive share = samples with the function anywhere on the stack.",
+        "",
+        "| function (inclusive) | share | function (self) | share |",
+        "|---|---|---|---|",
+    ]
+    for (fi, si), (fs, ss) in zip(profile["inclusive"], profile["self"], strict=False):
+        lines.append(f"| `{fi}` | {si:.0%} | `{fs}` | {ss:.0%} |")
+    threads = ", ".join(f"{t} {share:.0%}" for t, share in profile["threads"])
+    return [*lines, "", f"Samples by thread: {threads}.", ""]

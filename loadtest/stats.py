@@ -86,6 +86,7 @@ class StepResult:
             "throughput": len(ok) / end if end > 0 else 0.0,
             "latency_ms": percentiles_ms([r.latency for r in ok]),
             "latency_mean_ms": 1000 * float(np.mean([r.latency for r in ok])) if ok else None,
+            "latency_max_ms": 1000 * max(r.latency for r in ok) if ok else None,
             "service_ms": percentiles_ms([r.service_time for r in ok]),
             "errors": dict(sorted(failures.items())),
             "error_share": (len(records) - len(ok)) / len(records) if records else 0.0,

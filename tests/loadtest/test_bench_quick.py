@@ -1,0 +1,38 @@
+"""``python -m loadtest bench --quick`` end to end on the tiny bundle: every phase runs and the
+report carries every section (a smoke test: quick-mode figures are not measurements)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_quick_bench_writes_the_report(
+    tiny_bundle: Path, flickr8k_dir: Path, tmp_path: Path
+) -> None:
+    cmd = [
+        sys.executable, "-m", "loadtest", "bench", "--quick", "--bundle", str(tiny_bundle),
+        "--images", str(flickr8k_dir), "--out-dir", str(tmp_path), "--no-profile",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for ratio in ("b/a", "b/c", "b/d", "f "):
+        assert ratio in done.stdout
+    results = json.loads((tmp_path / "benchmarks.json").read_text())
+    r = results["ratios"]
+    assert r["a"] > 0 and r["b"] and r["c"] and r["d"] > 0
+    assert r["b_over_a"] == pytest.approx(r["b"] / r["a"])
+    assert 0 < r["f_encoder_fraction_of_peak"]
+    assert set(results["service"]["levels"]) == {"0.5", "0.8", "1", "2"}
+    assert results["naive"]["label"].startswith("ONNX fallback")  # the tiny bundle has no Keras
+    doc = (tmp_path / "benchmarks.md").read_text()
+    for heading in ("## Summary", "## Ratios and targets", "## Roofline (f)", "### batching (b)",
+                    "QUICK MODE", "benchmarks.png"):  # fmt: skip
+        assert heading in doc
+    assert (tmp_path / "benchmarks.png").read_bytes()[:4] == b"\x89PNG"
