@@ -22,12 +22,13 @@ from typing import Any
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.errors import (
     BadRequest,
     BatchTooLarge,
     CaptionError,
+    ClientClosedRequest,
     EmptyBody,
     InvalidBase64,
     InvalidJson,
@@ -106,10 +107,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit} byte limit")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body exceeds the {limit} byte limit")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"request body exceeds the {limit} byte limit")
+    except ClientDisconnect:  # gone mid-body: 499 in logs and metrics, not an unhandled 500
+        raise ClientClosedRequest("the client disconnected while sending the body") from None
     return bytes(body)
 
 

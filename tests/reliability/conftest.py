@@ -1,0 +1,117 @@
+"""Fixtures of the reliability suite: real servers (thread or process) and process probes.
+
+``server`` starts ``service.app`` under a real uvicorn in this process (metrics readable
+directly); ``service_process`` runs ``python -m service`` as a child (signals, RSS and open file
+descriptors of the server alone). Long variants are marked ``slow`` (``--run-slow``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loadtest.promscrape import Snapshot, parse
+from service import errors
+from service.app import HTTP_CODES
+from tests.service.conftest import (
+    RunningServer,
+    ServiceProcess,
+    run_process,
+    run_server,
+    wait_ready,
+)
+
+
+@pytest.fixture(scope="module")
+def jpeg(flickr8k_dir: Path) -> bytes:
+    return sorted((flickr8k_dir / "images").glob("*.jpg"))[0].read_bytes()
+
+
+@pytest.fixture
+def server(tiny_bundle: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Factory: ``server(rate_limit_per_s=1, ...)`` -> a running in-process server."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**overrides: Any) -> RunningServer:
+            return stack.enter_context(run_server(tiny_bundle, **overrides))
+
+        yield start
+
+
+@pytest.fixture
+def service_process(tiny_bundle: Path, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: ``service_process(CAPTION_X="1")`` -> ``python -m service``, ready."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**env: str) -> ServiceProcess:
+            folder = tmp_path / f"service-{len(list(tmp_path.glob('service-*')))}"
+            folder.mkdir()
+            return stack.enter_context(process_server(tiny_bundle, folder, **env))
+
+        yield start
+
+
+def documented_errors() -> dict[str, int]:
+    """Every error ``code`` the service documents (service/errors.py + the app's HTTP codes)."""
+    codes = {
+        cls.code: cls.status_code
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.CaptionError)
+    }
+    codes.update({code: status for status, code in HTTP_CODES.items()})
+    codes["invalid_request"] = 422  # FastAPI request validation, rendered by the app
+    return codes
+
+
+def scrape(url: str) -> Snapshot:
+    return parse(httpx.get(f"{url}/metrics", timeout=10).text)
+
+
+def server_errors(url: str, *, allowed: frozenset[str] = frozenset()) -> dict[str, float]:
+    """``caption_requests_total`` with a 5xx code not in ``allowed`` (must stay empty)."""
+    out: dict[str, float] = {}
+    for (name, labels), value in scrape(url).samples.items():
+        tags = dict(labels)
+        if name == "caption_requests_total" and tags["code"].startswith("5"):
+            if tags["code"] not in allowed and value:
+                out[f"{tags['endpoint']} {tags['code']}"] = value
+    return out
+
+
+@contextlib.contextmanager
+def process_server(bundle: Path, log_dir: Path, **env: str) -> Iterator[ServiceProcess]:
+    """``python -m service`` (production warning filters, own RSS), ready, stopped after."""
+    with run_process(bundle, log_dir / "service.log", **env) as proc:
+        try:
+            wait_ready(proc.url, timeout=60, alive=lambda: proc.process.poll() is None)
+        except Exception as exc:
+            raise RuntimeError(f"service did not start:\n{proc.log()}") from exc
+        yield proc
+
+
+def assert_healthy(url: str, jpeg: bytes) -> None:
+    """Probes answer and a real caption still comes back."""
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+    r = httpx.post(
+        f"{url}/caption", content=jpeg, headers={"Content-Type": "image/jpeg"}, timeout=30
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["caption"]
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
