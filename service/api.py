@@ -224,6 +224,9 @@ async def _unless_disconnected(
     watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
         await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()  # the handler itself is cancelled (server shutting down): no orphans
+        raise
     finally:
         watcher.cancel()
     if not work.done():
