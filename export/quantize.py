@@ -25,6 +25,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from tqdm import tqdm
 
 from service.manifest import FeatureRole, Preprocessing
 
@@ -38,8 +39,9 @@ class ImageCalibrationReader(CalibrationDataReader):  # type: ignore[misc]
     """Feeds preprocessed images to the calibrator, ``batch`` at a time, loading lazily."""
 
     def __init__(self, paths: list[Path], spec: Preprocessing, batch: int = CALIBRATION_BATCH):
+        chunks = [paths[i : i + batch] for i in range(0, len(paths), batch)]
         self._batches: Iterator[list[Path]] = iter(
-            [paths[i : i + batch] for i in range(0, len(paths), batch)]
+            tqdm(chunks, desc="int8 calibration", unit="batch", leave=False)
         )
         self._spec = spec
 
@@ -76,18 +78,26 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def median_latency_ms(path: Path, images: np.ndarray, threads: int = 2, repeats: int = 10) -> float:
-    """Median wall time of one ``session.run`` on ``images`` (after two warm-up runs)."""
-    session = ort_session(path, threads=threads)
+def interleaved_latency_ms(
+    paths: list[Path], images: np.ndarray, threads: int = 2, repeats: int = 20
+) -> list[float]:
+    """Median wall time of one ``session.run`` on ``images`` for each model in ``paths``.
+
+    The models take turns run by run (after two warm-up runs each), so a machine whose load
+    drifts during the measurement slows them alike.
+    """
+    sessions = [ort_session(path, threads=threads) for path in paths]
     feed = {"image": images}
-    for _ in range(2):
-        session.run(None, feed)
-    times = []
+    for session in sessions:
+        for _ in range(2):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+        for session, samples in zip(sessions, times, strict=True):
+            start = time.perf_counter()
+            session.run(None, feed)
+            samples.append((time.perf_counter() - start) * 1000.0)
+    return [statistics.median(samples) for samples in times]
 
 
 def _features(path: Path, output: str, images: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -109,7 +119,7 @@ def compare_encoders(
     *,
     threads: int = 2,
     batch: int = 8,
-    repeats: int = 10,
+    repeats: int = 20,
 ) -> dict[str, Any]:
     """Speed, feature cosine and greedy caption agreement of int8 against fp32."""
     fp32 = _features(fp32_path, output, images)
@@ -124,8 +134,9 @@ def compare_encoders(
         )
     ]
     timing_batch = np.resize(images, (batch, *images.shape[1:]))
-    fp32_ms = median_latency_ms(fp32_path, timing_batch, threads, repeats)
-    int8_ms = median_latency_ms(int8_path, timing_batch, threads, repeats)
+    fp32_ms, int8_ms = interleaved_latency_ms(
+        [fp32_path, int8_path], timing_batch, threads=threads, repeats=repeats
+    )
     return {
         "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights, int8 activations",
         "calibration": "min/max",
