@@ -34,7 +34,8 @@ STATIC = Path(__file__).with_name("static")
 router = APIRouter()
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    """(async: a plain ``def`` dependency would cost a thread-pool hop per request)"""
     state: ServiceState = request.app.state.service
     return state
 
