@@ -17,6 +17,7 @@ from service.errors import CaptionError
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.runtime import CaptionModel
+from service.security import install_security
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -85,6 +86,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    install_security(app, settings, metrics)  # inside the request context (ids, logs)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.state.metrics = metrics
     app.state.settings = settings

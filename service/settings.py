@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +112,21 @@ class Settings(BaseSettings):
     url_fetch_concurrency: int = Field(default=8, ge=1)
     """URL downloads running at once across all requests."""
 
+    # --- access control (service/security.py) ----
+    api_keys: SecretStr = SecretStr("")
+    """Comma-separated API keys; when set, requests must send ``Authorization: Bearer <key>`` or
+    ``X-API-Key: <key>`` (else 401 ``unauthorized``). Empty (default): no authentication."""
+    public_paths: str = "/healthz,/readyz,/metrics"
+    """Comma-separated paths that need no API key and are not rate-limited (probes, scraping)."""
+    rate_limit_per_s: float = Field(default=0.0, ge=0)
+    """Requests a second each client (API key, else IP address) may make on average; beyond it
+    429 ``rate_limited`` with ``Retry-After``. 0 (default): no rate limit."""
+    rate_limit_burst: int = Field(default=10, ge=1)
+    """Requests a client may make at once before the per-second rate applies (bucket size)."""
+    cors_origins: str = ""
+    """Comma-separated web origins (``https://app.example.org``, or ``*``) whose pages may call
+    the API from a browser. Empty (default): no CORS headers, same-origin only."""
+
     # --- logs ----
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the service and uvicorn."""
@@ -165,5 +180,21 @@ class Settings(BaseSettings):
         return sorted(sizes | {1, self.max_batch_size})
 
     @property
+    def api_key_list(self) -> tuple[str, ...]:
+        return _split(self.api_keys.get_secret_value())
+
+    @property
+    def public_path_list(self) -> tuple[str, ...]:
+        return _split(self.public_paths)
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return _split(self.cors_origins)
+
+    @property
     def allowlist(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.url_allowlist.split(",") if p.strip())
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
