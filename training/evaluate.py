@@ -30,7 +30,13 @@ from service.manifest import BundleError
 from service.runtime import CaptionModel, ProviderUnavailable
 from training.data import image_dir, load_captions, load_split, train_val_split
 from training.paths import REPO_ROOT, default_data_dir
-from training.scoring import METRIC_KEYS, CaptionScorer, bootstrap_ci, tokenize_pair
+from training.scoring import (
+    METRIC_KEYS,
+    CaptionScorer,
+    bootstrap_ci,
+    paired_bootstrap,
+    tokenize_pair,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap resamples for the BLEU-4 95%% interval; 0 disables (default: 1000)",
     )
     parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        metavar="CAPTIONS_JSONL",
+        help="captions.jsonl of an earlier evaluation on the same images: adds a paired "
+        "bootstrap of the BLEU-4 difference (this run minus that one) to summary.json",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=REPO_ROOT / "runs" / "evaluate",
@@ -153,6 +167,33 @@ def caption_images(
                 results.append((best.text, best.score))
             bar.update(len(chunk))
     return results
+
+
+def compare(
+    path: Path | None, references: dict[str, list[str]], hyps: dict[str, list[str]], samples: int
+) -> dict[str, Any] | None:
+    """Paired bootstrap of this run's BLEU-4 against an earlier run's captions.jsonl."""
+    if path is None:
+        return None
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    other = {row["image"]: row["caption"] for row in rows}
+    if set(other) != set(hyps):
+        raise ValueError(
+            f"{path} covers {len(other)} images, this run {len(hyps)}; compare the same images"
+        )
+    refs, other_tokens = tokenize_pair(references, other)
+    result = paired_bootstrap(refs, other_tokens, hyps, samples=samples)
+    return {
+        "against": str(path),
+        "metric": result.metric,
+        "this": result.b,
+        "other": result.a,
+        "difference": result.difference,
+        "low": result.low,
+        "high": result.high,
+        "this_better": result.b_better,
+        "confidence": result.confidence,
+    }
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -201,6 +242,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     with CaptionScorer() as scorer:
         metrics = scorer.score_tokenized(refs, hyps)
     interval = bootstrap_ci(refs, hyps, samples=args.bootstrap) if args.bootstrap else None
+    comparison = compare(args.compare, references, hyps, samples=args.bootstrap or 1000)
     scored = time.perf_counter()
 
     out: Path = args.out
@@ -229,6 +271,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             "confidence": interval.confidence,
             "samples": interval.samples,
         },
+        "comparison": comparison,
         "settings": {
             "beam_size": args.beam_size,
             "length_penalty": args.length_penalty,
@@ -278,6 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"BLEU-4 {metrics['bleu_4']:.4f}{interval} METEOR {metrics['meteor']:.4f} "
         f"ROUGE-L {metrics['rouge_l']:.4f} CIDEr {metrics['cider']:.4f} -> {args.out}"
     )
+    if summary["comparison"]:
+        c = summary["comparison"]
+        print(
+            f"BLEU-4 minus {c['against']}: {c['difference']:+.4f} "
+            f"[{c['low']:+.4f}, {c['high']:+.4f}], better in {c['this_better']:.0%} of resamples"
+        )
     return 0
 
 

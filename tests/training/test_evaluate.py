@@ -12,12 +12,13 @@ import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 
 from training.data import load_captions, load_split
-from training.evaluate import build_parser, main, split_images
+from training.evaluate import build_parser, compare, main, split_images
 from training.scoring import (
     METRIC_KEYS,
     CaptionScorer,
     bootstrap_ci,
     is_valid_score,
+    paired_bootstrap,
     ptb_tokenize,
     tokenize_pair,
 )
@@ -76,6 +77,20 @@ def test_bootstrap_interval_brackets_the_coco_bleu(flickr8k_dir: Path) -> None:
     assert 0.01 < interval.high - interval.low < 0.2
     again = bootstrap_ci(refs, hyps, samples=500, seed=1)
     assert (again.low, again.high) == (interval.low, interval.high)
+
+
+def test_paired_bootstrap_tells_a_better_set_apart(flickr8k_dir: Path) -> None:
+    captions = load_captions(flickr8k_dir)
+    names = load_split(flickr8k_dir, "test")[:150]
+    refs, human = tokenize_pair(
+        {n: captions[n][1:] for n in names}, {n: captions[n][0] for n in names}
+    )
+    generic = {n: ["a man in a blue shirt is standing in front of a building"] for n in names}
+    same = paired_bootstrap(refs, human, human, samples=300)
+    assert same.difference == 0 and same.low == same.high == 0 and same.b_better == 0
+    better = paired_bootstrap(refs, generic, human, samples=300)
+    assert better.difference > 0 and better.low > 0 and better.b_better > 0.95
+    assert better.a < better.b
 
 
 def test_val_split_is_the_tail_of_train_and_disjoint_from_test(flickr8k_dir: Path) -> None:
@@ -163,3 +178,18 @@ def test_evaluate_refuses_impossible_flags(capsys: pytest.CaptureFixture[str]) -
         main(["--beam-size", "0"])
     assert exc.value.code == 2
     assert "--beam-size must be >= 1" in capsys.readouterr().err
+
+
+def test_compare_scores_this_run_against_an_earlier_one(
+    evaluation: tuple[Path, dict[str, Any]], flickr8k_dir: Path
+) -> None:
+    out, summary = evaluation
+    assert summary["comparison"] is None
+    references = load_captions(flickr8k_dir)
+    names = load_split(flickr8k_dir, "test")[:8]
+    _, human = tokenize_pair(references, {n: references[n][0] for n in names})
+    result = compare(out / "captions.jsonl", references, human, samples=200)
+    assert result is not None
+    assert result["difference"] > 0 and result["this_better"] > 0.9
+    with pytest.raises(ValueError, match="compare the same images"):
+        compare(out / "captions.jsonl", references, {names[0]: human[names[0]]}, samples=10)
