@@ -2,7 +2,7 @@
 #
 #   docker build -t captioner:0.1.0 .                         # CPU (default), python:3.11-slim
 #   DOCKER_BUILDKIT=0 docker build --target runtime -t captioner:0.1.0 .   # legacy builder: name it
-#   docker build --target gpu -t captioner:0.1.0-gpu .        # GPU: onnxruntime-gpu on CUDA 12 + cuDNN 9
+#   docker build --target gpu -t captioner:0.1.0-gpu .        # GPU: onnxruntime-gpu on CUDA 13 + cuDNN 9
 #   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp captioner:0.1.0
 #   docker run ... -v /path/to/bundle:/models/custom:ro -e CAPTION_BUNDLE_DIR=/models/custom captioner:0.1.0
 #
@@ -13,7 +13,7 @@
 # Works with the legacy builder (no BuildKit-only syntax).
 
 ARG BASE_IMAGE=python:3.11-slim
-ARG CUDA_BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+ARG CUDA_BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu22.04
 
 # ---- build: a virtual environment with the service and ONNX Runtime (CPU) ----
 FROM ${BASE_IMAGE} AS build
@@ -38,8 +38,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     CAPTION_PORT=8000 \
     CAPTION_BUNDLE_DIR=/app/models/default \
     CAPTION_LOG_JSON=true
-RUN groupadd --system --gid 10001 captioner \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+RUN groupadd --gid 10001 captioner \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin captioner
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
@@ -53,7 +53,9 @@ STOPSIGNAL SIGTERM
 CMD ["python", "-m", "service"]
 
 # ---- gpu-build: the same environment with onnxruntime-gpu, on the CUDA base ----
-# Not built in CI (no CUDA base image offline). Needs an NVIDIA driver >= 550 on the node.
+# onnxruntime-gpu 1.31 loads CUDA 13 + cuDNN 9 (it says "Require cuDNN 9.* and CUDA 13.*" otherwise),
+# so the node needs an NVIDIA driver >= 580. Not run in CI (no CUDA base image or GPU offline); the
+# stages were built once with a Debian stand-in base to check they install and import.
 FROM ${CUDA_BASE_IMAGE} AS gpu-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
@@ -84,8 +86,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.11 \
     && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid 10001 captioner \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+    && groupadd --gid 10001 captioner \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin captioner
 COPY --from=gpu-build /opt/venv /opt/venv
 WORKDIR /app
