@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from service.imaging import load_rgb, normalise, resize_rgb
 from service.manifest import Preprocessing
-from training.encoders import DEFAULT_ENCODER, ENCODER_NAMES, build_encoder, encoder_info
+from training.encoders import DEFAULT_ENCODER, ENCODER_NAMES, ROLES, build_encoder, encoder_info
 from training.paths import default_cache_dir, default_data_dir
 
 log = logging.getLogger(__name__)
@@ -187,12 +187,10 @@ def _keras_runner(model: keras.Model) -> RunBatch:
     return run
 
 
-def _onnx_runner(
-    model: keras.Model, fingerprint: str, roles: Sequence[str], cache_dir: Path
-) -> RunBatch:
+def _onnx_runner(model: keras.Model, fingerprint: str, cache_dir: Path) -> RunBatch:
     import onnxruntime as ort
 
-    path = cache_dir / "onnx" / f"{fingerprint[:24]}-{'-'.join(roles)}.onnx"
+    path = cache_dir / "onnx" / f"{fingerprint[:24]}.onnx"
     if not path.is_file():
         import tensorflow as tf
         import tf2onnx
@@ -211,8 +209,8 @@ def _onnx_runner(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [out.name for out in session.get_outputs()]
-    if sorted(names) != sorted(roles):
-        raise RuntimeError(f"ONNX encoder outputs {names}, expected {list(roles)}")
+    if sorted(names) != sorted(ROLES):
+        raise RuntimeError(f"ONNX encoder {path} outputs {names}, expected {list(ROLES)}")
     input_name = session.get_inputs()[0].name
 
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -265,7 +263,12 @@ def extract_features(
     paths = [Path(p) for p in image_paths]
     info = encoder_info(encoder, weights=weights, input_size=input_size)
     digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
-    model = build_encoder(encoder, weights=weights, input_size=input_size, outputs=roles)
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown or not roles:
+        raise ValueError(f"roles must be among {ROLES}, got {roles}")
+    # Always both heads: neither has weights, so the fingerprint (and the ONNX file) do not
+    # depend on which roles this call stores.
+    model = build_encoder(encoder, weights=weights, input_size=input_size, outputs=ROLES)
     fingerprint = _fingerprint(model)
     stats = CacheStats(images=len(paths))
     shelves: dict[str, _Shelf] = {}
@@ -327,7 +330,7 @@ def _compute(
     progress: bool,
 ) -> None:
     if backend == "onnx":
-        run = _onnx_runner(model, fingerprint, roles, cache_dir)
+        run = _onnx_runner(model, fingerprint, cache_dir)
     elif backend == "keras":
         run = _keras_runner(model)
     else:

@@ -117,6 +117,9 @@ def test_different_encoders_sizes_and_roles_do_not_collide(
     keys.add(grid.stats.keys["grid"])
     assert len(keys) == 4
     assert xception["pooled"].shape == (2, 2048)
+    both = extract_features(images[:2], **SMALL, roles=("pooled", "grid"), cache_dir=cache)
+    assert (both.stats.hits, both.stats.misses) == (2, 0)  # each role's key is independent
+    np.testing.assert_array_equal(both["pooled"], small["pooled"])
     assert not np.allclose(small["pooled"], larger["pooled"])
 
 
