@@ -24,6 +24,7 @@ from service.manifest import BundleError
 from service.runtime import CaptionModel, ProviderUnavailable
 from service.settings import Settings
 from service.state import ServiceState
+from service.urlfetch import FetchPolicy
 
 log = logging.getLogger("service")
 
@@ -65,7 +66,8 @@ class DrainingServer(uvicorn.Server):
 def main() -> int:
     try:
         settings = Settings()
-    except ValidationError as exc:
+        FetchPolicy.from_settings(settings)  # a bad CAPTION_URL_ALLOWLIST entry stops here
+    except (ValidationError, ValueError) as exc:
         print(f"captioner: invalid CAPTION_* settings: {exc}", file=sys.stderr)
         return 2
 

@@ -441,6 +441,21 @@ def test_bad_bundle_exits_nonzero_with_the_reason(tmp_path: Path, tiny_bundle: P
         assert "decoder.onnx" in proc.log() and "cannot serve bundle" in proc.log()
 
 
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"CAPTION_QUEUE_SIZE": "2"}, "queue_size"),
+        ({"CAPTION_URL_ALLOWLIST": "10.0.0.0/33"}, "10.0.0.0/33"),
+    ],
+)
+def test_bad_settings_exit_nonzero_with_the_reason(
+    tmp_path: Path, tiny_bundle: Path, env: dict[str, str], reason: str
+) -> None:
+    with run_process(tiny_bundle, tmp_path / "log.txt", **env) as proc:
+        assert proc.process.wait(timeout=60) == 2
+        assert "invalid CAPTION_* settings" in proc.log() and reason in proc.log()
+
+
 def test_sigterm_drains_in_flight_requests(tmp_path: Path, tiny_bundle: Path) -> None:
     env = {"CAPTION_DECODE_THREADS": "1", "CAPTION_DRAIN_TIMEOUT_S": "30"}
     with run_process(tiny_bundle, tmp_path / "log.txt", **env) as proc:
