@@ -60,8 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep --evaluate's captions.jsonl and summary.json in this folder "
         "(default: a temporary folder, deleted)",
     )
-    arg("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
-    arg("--parity-images", type=int, default=8, help="real images for the parity check (def. 8)")
+    arg(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        choices=range(13, 19),
+        metavar="{13..18}",
+        help=f"ONNX opset for both graphs (default: {DEFAULT_OPSET})",
+    )
+    arg("--parity-images", type=int, default=8, help="real images for the parity check (default: 8)")
     arg(
         "--feature-tolerance",
         type=float,
@@ -144,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sources = sources_from_run(args.run_dir)
         bundle = write_bundle(sources, args.out, options)
-    except (ParityError, ExportError, BundleExistsError, FileNotFoundError) as exc:
+    except (ParityError, ExportError, BundleExistsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     log.info("wrote bundle %s", bundle)
