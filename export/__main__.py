@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{13..18}",
         help=f"ONNX opset for both graphs (default: {DEFAULT_OPSET})",
     )
-    arg("--parity-images", type=int, default=8, help="real images for the parity check (default: 8)")
+    arg("--parity-images", type=int, default=8, help="real images for the parity check (def.: 8)")
     arg(
         "--feature-tolerance",
         type=float,
