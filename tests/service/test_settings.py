@@ -51,3 +51,9 @@ def test_impossible_settings_are_refused(values: dict[str, object]) -> None:
 def test_every_field_is_documented() -> None:
     for name, field in Settings.model_fields.items():
         assert field.description, f"Settings.{name} has no docstring"
+
+
+def test_readme_lists_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`CAPTION_{n.upper()}`" not in readme]
+    assert not missing, f"README settings table lacks {missing}"
