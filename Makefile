@@ -9,7 +9,7 @@ RUN_DIR ?= runs/default
 BUNDLE_DIR ?= models/default
 PYTEST_ARGS ?=
 
-.PHONY: help install install-serve serve test check lint typecheck train export model bench clean
+.PHONY: help install install-serve serve test check lint typecheck features train export model bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ check: install ## ruff + mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+features: install ## encode every Flickr8k image once into cache/ (EfficientNet-Lite0, pooled)
+	$(PY) -m training.features --data-dir $(DATA_DIR)
 
 train: install ## train a caption model into $(RUN_DIR)
 	$(PY) -m training train --data-dir $(DATA_DIR) --run-dir $(RUN_DIR)
