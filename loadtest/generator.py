@@ -58,6 +58,8 @@ class LoadClient:
     httpx, scrapes ``/metrics``. One per run; ``async with`` closes both."""
 
     def __init__(self, target: Target, kind: ClientKind = "raw", max_connections: int = 256):
+        if kind == "raw" and not target.base_url.startswith("http://"):
+            kind = "httpx"  # the lean client speaks plain HTTP only (https: httpx)
         self.kind = kind
         self.http = httpx.AsyncClient(
             limits=httpx.Limits(
@@ -66,11 +68,13 @@ class LoadClient:
             timeout=httpx.Timeout(None),
             trust_env=False,
         )
-        self._raw = RawClient(target.base_url, max_connections=max_connections)
+        self._raw = (
+            RawClient(target.base_url, max_connections=max_connections) if kind == "raw" else None
+        )
         self._path = urlsplit(target.url).path
 
     async def post(self, target: Target, request: PreparedRequest) -> tuple[int, bytes]:
-        if self.kind == "raw":
+        if self._raw is not None:
             response = await self._raw.post(self._path, request.content, request.headers)
             return response.status, response.body
         reply = await self.http.post(target.url, content=request.content, headers=request.headers)
@@ -80,7 +84,8 @@ class LoadClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._raw.aclose()
+        if self._raw is not None:
+            await self._raw.aclose()
         await self.http.aclose()
 
 

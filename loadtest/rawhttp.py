@@ -8,7 +8,8 @@ costs a fraction of that, so the service gets the cores. httpx is still used for
 and is selectable for the load (``--client httpx``).
 
 Scope: what POST /caption needs. ``Content-Length`` or ``chunked`` response bodies, keep-alive
-reuse, ``Connection: close`` honoured, a stale pooled connection retried once on a fresh one.
+reuse (idle connections dropped after 2 s, before the server's keep-alive timeout), ``Connection:
+close`` honoured, a request that fails on a reused connection retried once on a fresh one.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.idle_since = 0.0
 
     def close(self) -> None:
         self.writer.close()
@@ -40,7 +42,9 @@ class _Conn:
 class RawClient:
     """POST prebuilt bodies to one ``http://host:port``; at most ``max_connections`` at once."""
 
-    def __init__(self, base_url: str, *, max_connections: int = 256) -> None:
+    def __init__(
+        self, base_url: str, *, max_connections: int = 256, keepalive_s: float = 2.0
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"RawClient speaks plain http only, got {base_url!r}")
@@ -48,6 +52,9 @@ class RawClient:
         self.port = parts.port or 80
         self._host_header = parts.netloc
         self._idle: list[_Conn] = []
+        self._keepalive_s = keepalive_s
+        """Idle connections older than this are closed, not reused: the server (uvicorn: 5 s)
+        may be closing them at that very moment."""
         self._slots = asyncio.Semaphore(max_connections)
 
     def request_head(self, path: str, headers: dict[str, str], length: int) -> bytes:
@@ -60,8 +67,10 @@ class RawClient:
         payload = self.request_head(path, headers, len(body)) + body
         async with self._slots:
             for attempt in (0, 1):
-                reused = bool(self._idle)
-                conn = self._idle.pop() if reused else await self._connect()
+                conn = self._take_idle() if attempt == 0 else None
+                reused = conn is not None
+                if conn is None:
+                    conn = await self._connect()
                 try:
                     conn.writer.write(payload)
                     response, keep = await _read_response(conn.reader)
@@ -74,11 +83,21 @@ class RawClient:
                     conn.close()  # cancelled mid-response: the connection is unusable
                     raise
                 if keep:
+                    conn.idle_since = asyncio.get_running_loop().time()
                     self._idle.append(conn)
                 else:
                     conn.close()
                 return response
         raise AssertionError("unreachable")
+
+    def _take_idle(self) -> _Conn | None:
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            conn = self._idle.pop()  # most recently used first
+            if now - conn.idle_since < self._keepalive_s:
+                return conn
+            conn.close()
+        return None
 
     async def _connect(self) -> _Conn:
         try:

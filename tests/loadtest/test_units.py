@@ -210,3 +210,30 @@ async def test_raw_client_reads_chunked_and_closed_responses() -> None:
     assert (first.status, first.body) == (200, b'{"a":1}')
     assert (second.status, second.body) == (503, b"{}")
     assert seen == [b"abc", b"xy"]
+
+
+async def test_raw_client_retries_once_when_the_server_dropped_a_kept_alive_connection() -> None:
+    import asyncio
+
+    from loadtest.rawhttp import RawClient
+
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()  # closes without saying so: the client's pooled connection is stale
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, RawClient(f"http://127.0.0.1:{port}") as client:
+        for _ in range(3):
+            response = await client.post("/caption", b"x", {})
+            assert (response.status, response.body) == (200, b"ok")
+            await asyncio.sleep(0.05)
+    assert connections == 3
