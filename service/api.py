@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
@@ -129,6 +129,37 @@ CAPTION_BODY: dict[str, Any] = {
         {"name": name, "in": "query", "required": False, "schema": {"type": "integer"}}
         for name in ("beam_size", "max_length", "num_captions")
     ],
+}
+
+
+BATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "url": {"type": "string"},
+                                    "image_base64": {"type": "string"},
+                                },
+                            },
+                        },
+                        "beam_size": {"type": "integer"},
+                        "max_length": {"type": "integer"},
+                        "num_captions": {"type": "integer"},
+                    },
+                    "required": ["images"],
+                }
+            }
+        },
+    },
+    "parameters": CAPTION_BODY["parameters"],
 }
 
 
@@ -326,6 +357,7 @@ async def _batch_item(
     "/caption/batch",
     response_model=BatchResponse,
     responses=ERRORS,
+    openapi_extra=BATCH_BODY,
     summary="Caption up to CAPTION_BATCH_MAX_ITEMS images given as URLs or base64",
 )
 async def caption_batch(request: Request, state: StateDep) -> Response:
@@ -390,7 +422,7 @@ async def readyz(state: StateDep) -> Response:
     return JSONResponse(body, status_code=503, headers=headers)
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(state: StateDep) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
