@@ -182,7 +182,8 @@ class LoadedRun:
 
     run_dir: Path
     config: dict[str, Any]
-    """The run's ``config.json``: TrainConfig fields plus ``model``, ``vocab_size``, ``encoder``."""
+    """The run's ``config.json``: TrainConfig fields plus ``model``, ``vocab_size``,
+    ``feature_dim``, ``encoder_info`` (name, weights, preprocessing...) and ``data`` counts."""
     model_config: ModelConfig
     vocab: Vocabulary
     training_model: keras.Model

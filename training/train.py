@@ -60,9 +60,7 @@ class TrainConfig:
     data_dir: str | None = None  # Flickr8k folder; default $CAPTION_DATA_DIR or ../shared/data/...
     cache_dir: str | None = None  # feature cache; default $CAPTION_CACHE_DIR or <repo>/cache
     encoder: str = "efficientnet_lite0"  # image encoder name (training.encoders.ENCODER_NAMES)
-    weights: str | None = (
-        "imagenet"  # encoder weights: "imagenet", a weights file, or None (random)
-    )
+    weights: str | None = "imagenet"  # encoder weights: "imagenet", a file, or None (random init)
     input_size: int | None = None  # encoder input side override (None: the encoder's default)
     limit: int | None = None  # use only the first N official train images (smoke runs, tests)
     val_size: int = 500  # validation images held out from the end of the train list
@@ -113,7 +111,7 @@ class Prepared:
     features: np.ndarray  # float32 (images, D): train images first, then validation images
     train: tuple[np.ndarray, np.ndarray]  # (image row per caption, token ids (N, max_length))
     val: tuple[np.ndarray, np.ndarray]
-    encoder: dict[str, Any]  # name, weights, feature_dim, preprocessing... for config.json
+    encoder: dict[str, Any]  # name, weights, feature_dim, preprocessing... ("encoder_info")
     counts: dict[str, int]
 
 
@@ -375,7 +373,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Pat
             "model": asdict(model_cfg),
             "vocab_size": data.vocab_size,
             "feature_dim": model_cfg.feature_dim,
-            "encoder": data.encoder,
+            "encoder_info": data.encoder,
             "data": data.counts,
         },
     )
