@@ -35,6 +35,11 @@ from loadtest.report import plot_steps, write_json
 from loadtest.service_proc import ServiceProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+KNEE_BOUND_X_IDLE = 10.0
+KNEE_BOUND_MIN_MS = 200.0
+"""A ramp step is past the knee when its p99 exceeds max(10 x idle p50, 200 ms) (or when the
+throughput stops following the offered rate, or errors pass 1%): latency still bounded, but
+well past the idle figure. The 3 x idle target at 80% is checked separately."""
 
 
 @dataclass
@@ -231,7 +236,7 @@ async def _service_run(
             ).summary()
             out["idle"] = idle
             idle_p50 = idle["latency_ms"]["p50"]
-            bound = max(5 * idle_p50, 100.0)
+            bound = max(KNEE_BOUND_X_IDLE * idle_p50, KNEE_BOUND_MIN_MS)
             print(
                 f"  idle latency p50 {idle_p50:.1f} ms; knee bound p99 <= {bound:.0f} ms",
                 flush=True,

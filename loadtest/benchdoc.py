@@ -231,7 +231,8 @@ def write(path: Path, results: dict[str, Any], *, quick: bool) -> Path:
         f"Conv/MatMul/Gemm, counted with ONNX shape inference at batch 1; "
         f"{roof['encoder_macs_by_op']}); decoder {roof['decoder_mflops_per_step']:.2f} MFLOP "
         "per step.",
-        f"- Peak: {roof['peak_gflops']:.1f} GFLOP/s (float32 NumPy 2048x2048 matmul, best of 2 x 10 runs: before and after the offline phase).",
+        f"- Peak: {roof['peak_gflops']:.1f} GFLOP/s (float32 NumPy 2048 x 2048 matmul, best of "
+        "2 x 10 runs: before and after the offline phase).",
         f"- Encoder alone at its best batch: {roof['encoder_achieved_gflops']:.1f} GFLOP/s = "
         f"{roof['encoder_fraction_of_peak']:.1%} of peak; the whole offline pipeline's images/s "
         f"puts the encoder at {roof['pipeline_encoder_fraction_of_peak']:.1%}.",
