@@ -92,6 +92,13 @@ class ExportOptions:
     calibration_images: int = 200
     agreement_images: int = 100
 
+    def __post_init__(self) -> None:
+        if self.parity_images < max(self.parity_batch_sizes):
+            raise ValueError(
+                f"parity needs at least {max(self.parity_batch_sizes)} images "
+                f"(the largest parity batch), got {self.parity_images}"
+            )
+
 
 @contextmanager
 def _staging_dir(target: Path, force: bool) -> Iterator[Path]:

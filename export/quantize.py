@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
     QuantFormat,
@@ -148,6 +149,7 @@ def compare_encoders(
             "int8_ms_median": round(int8_ms, 3),
             "speedup": round(fp32_ms / int8_ms, 3),
             "cpu": cpu_name(),
+            "onnxruntime": ort.__version__,
         },
         "agreement": {
             "images": len(images),
