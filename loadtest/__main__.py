@@ -6,6 +6,7 @@
     python -m loadtest ramp --url http://127.0.0.1:8000 --start 10 --step 10 --max 200 \\
         --step-duration 10 --p99-bound-ms 500
     python -m loadtest bench [--quick]          # what `make bench` runs
+    python -m loadtest sweep --set CAPTION_MAX_BATCH_SIZE=4,8,16   # tune service settings
 
 ``run`` and ``ramp`` write a JSON of per-step results and a PNG (``--out``, ``--plot``).
 """
@@ -74,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="the full benchmark (make bench)")
     from loadtest import bench as bench_module
+    from loadtest import sweep as sweep_module
 
     bench_module.add_arguments(bench)
+    sweep_module.add_arguments(sub.add_parser("sweep", help="settings grid at saturation"))
     return parser
 
 
@@ -150,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtest import bench
 
         return bench.main(args)
+    if args.command == "sweep":
+        from loadtest import sweep
+
+        return sweep.main(args)
     results = asyncio.run(_run(args))
     out = report.write_json(args.out, results)
     plot = report.plot_steps(

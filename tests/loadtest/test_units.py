@@ -237,3 +237,15 @@ async def test_raw_client_retries_once_when_the_server_dropped_a_kept_alive_conn
             assert (response.status, response.body) == (200, b"ok")
             await asyncio.sleep(0.05)
     assert connections == 3
+
+
+def test_sweep_grid_is_the_product_of_the_settings() -> None:
+    from loadtest.sweep import grid
+
+    assert grid([]) == [{}]
+    assert grid(["CAPTION_MAX_BATCH_SIZE=1,8", "CAPTION_MAX_WAIT_MS=2"]) == [
+        {"CAPTION_MAX_BATCH_SIZE": "1", "CAPTION_MAX_WAIT_MS": "2"},
+        {"CAPTION_MAX_BATCH_SIZE": "8", "CAPTION_MAX_WAIT_MS": "2"},
+    ]
+    with pytest.raises(SystemExit):
+        grid(["MAX_BATCH_SIZE=1"])
