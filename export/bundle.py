@@ -153,6 +153,19 @@ def _decoder_spec(src: ExportSources) -> DecoderSpec:
     )
 
 
+def _toolchain(opset: int) -> dict[str, Any]:
+    """Versions that produced the ONNX files, for reproducing an export."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, Any] = {"opset": opset}
+    for package in ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
 def write_bundle(src: ExportSources, out: Path, options: ExportOptions) -> Path:
     """Export, check and write the bundle at ``out``; return ``out``."""
     out = Path(out)
@@ -174,7 +187,7 @@ def write_bundle(src: ExportSources, out: Path, options: ExportOptions) -> Path:
             opset=options.opset,
         )
         src.vocab.save(stage / VOCAB_FILE)
-        training = dict(src.training)
+        training = {**src.training, "export": _toolchain(options.opset)}
         if src.keras_weights is not None:
             shutil.copyfile(src.keras_weights, stage / KERAS_WEIGHTS_FILE)
             training["keras_weights_file"] = KERAS_WEIGHTS_FILE

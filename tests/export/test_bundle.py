@@ -86,6 +86,8 @@ def test_bundle_validates_and_every_file_is_hashed(standin_bundle: Path) -> None
         KERAS_WEIGHTS_FILE,
     }
     assert manifest.training["keras_weights_file"] == KERAS_WEIGHTS_FILE
+    assert manifest.training["export"]["opset"] == 17
+    assert {"keras", "tf2onnx", "onnx"} <= set(manifest.training["export"])
     assert manifest.decoder.architecture == "merge_lstm"
     assert [(s.input, s.output, s.size) for s in manifest.decoder.states] == [
         ("h", "h_out", 16),
