@@ -3,8 +3,9 @@
     with ServiceProcess(bundle_dir, env={"CAPTION_MAX_BATCH_SIZE": "1"}) as svc:
         svc.base_url   # ready: /readyz answered 200
 
-Its output goes to a log file (``log_path``), shown in the error if it never becomes ready. It is
-stopped with SIGTERM (graceful drain) and killed if it has not exited within ``stop_timeout_s``.
+Its output goes to a log file (``log_path``), shown in the error if it never becomes ready, and
+removed after a clean exit unless the caller chose the path. It is stopped with SIGTERM (graceful
+drain) and killed if it has not exited within ``stop_timeout_s``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class ServiceProcess:
         self.extra_env = dict(env or {})
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self._own_log = log_path is None
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="captioner-", suffix=".log")[1])
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -123,4 +125,6 @@ class ServiceProcess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        code = self.stop()
+        if self._own_log and exc is None and code == 0:
+            self.log_path.unlink(missing_ok=True)  # kept when something went wrong
