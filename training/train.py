@@ -35,6 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from training import paths
+from training.attention import AttentionConfig
+from training.attention import build_training_model as build_attention_model
 from training.data import image_dir, load_captions, load_split, train_val_split
 from training.model import (
     BEST_WEIGHTS_FILE,
@@ -82,12 +84,18 @@ class TrainConfig:
     seed: int = 42  # model initialisation, dropout and shuffle order
     mixed_precision: bool = False  # mixed_float16 compute (useful on GPUs; logits stay float32)
     distribute: str = "none"  # "none" or "mirrored" (tf.distribute.MirroredStrategy)
+    decoder: str = "merge"  # "merge" (pooled vector) or "attention" (7x7 grid, training.attention)
+    cell: str = "lstm"  # attention decoder's recurrent cell: "lstm" or "gru"
+    attention_dim: int = 256  # attention decoder: hidden size of the additive attention
+    coverage: float = 0.0  # attention decoder: doubly stochastic attention penalty weight (0: off)
 
     def __post_init__(self) -> None:
         choices = {
             "merge": ("add", "concat"),
             "lr_schedule": ("constant", "plateau", "cosine"),
             "distribute": ("none", "mirrored"),
+            "decoder": ("merge", "attention"),
+            "cell": ("lstm", "gru"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -108,7 +116,7 @@ class TrainConfig:
 @dataclass
 class Prepared:
     vocab_size: int
-    features: np.ndarray  # float32 (images, D): train images first, then validation images
+    features: np.ndarray  # float32 (images, D) or grid (images, N, D): train images, then val
     train: tuple[np.ndarray, np.ndarray]  # (image row per caption, token ids (N, max_length))
     val: tuple[np.ndarray, np.ndarray]
     encoder: dict[str, Any]  # name, weights, feature_dim, preprocessing... ("encoder_info")
@@ -132,15 +140,16 @@ def prepare(cfg: TrainConfig, run_dir: Path) -> Prepared:
     vocab.save(run_dir / VOCAB_FILE)
 
     images = train_images + val_images
+    role = "grid" if cfg.decoder == "attention" else "pooled"
     info = encoder_info(cfg.encoder, weights=cfg.weights, input_size=cfg.input_size)
     features = extract_features(
         [image_dir(data_dir) / name for name in images],
         encoder=cfg.encoder,
         weights=cfg.weights,
         input_size=cfg.input_size,
-        roles=("pooled",),
+        roles=(role,),
         cache_dir=paths.default_cache_dir(cfg.cache_dir),
-    )["pooled"].astype(np.float32)
+    )[role].astype(np.float32, copy=False)
 
     def examples(names: list[str], first_row: int) -> tuple[np.ndarray, np.ndarray]:
         rows = [first_row + i for i, name in enumerate(names) for _ in captions[name]]
@@ -346,7 +355,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Pat
     config_path = run_dir / CONFIG_FILE
     if resume and config_path.exists():
         saved = json.loads(config_path.read_text())
-        cfg = TrainConfig(**{k: saved[k] for k in asdict(cfg)})
+        known = {k: saved.get(k, v) for k, v in asdict(cfg).items()}  # older runs lack new fields
+        cfg = TrainConfig(**{**known, "run_dir": str(run_dir)})
         log.info("resume: using the run's saved config %s", config_path)
     elif config_path.exists() and not force:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume or --force")
@@ -358,14 +368,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Pat
 
     keras.utils.set_random_seed(cfg.seed)
     data = prepare(cfg, run_dir)
-    model_cfg = ModelConfig(
-        vocab_size=data.vocab_size,
-        feature_dim=data.features.shape[1],
-        units=cfg.units,
-        embed_dim=cfg.embedding_size,
-        merge=cfg.merge,  # type: ignore[arg-type]
-        dropout=cfg.dropout,
-    )
+    model_cfg: ModelConfig | AttentionConfig
+    if cfg.decoder == "attention":
+        model_cfg = AttentionConfig(
+            vocab_size=data.vocab_size,
+            feature_dim=data.features.shape[-1],
+            grid_size=data.features.shape[1],
+            units=cfg.units,
+            embed_dim=cfg.embedding_size,
+            attention_dim=cfg.attention_dim,
+            cell=cfg.cell,  # type: ignore[arg-type]
+            dropout=cfg.dropout,
+            coverage=cfg.coverage,
+        )
+    else:
+        model_cfg = ModelConfig(
+            vocab_size=data.vocab_size,
+            feature_dim=data.features.shape[1],
+            units=cfg.units,
+            embed_dim=cfg.embedding_size,
+            merge=cfg.merge,  # type: ignore[arg-type]
+            dropout=cfg.dropout,
+        )
     _write_json(
         config_path,
         {
@@ -385,7 +409,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Pat
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         with _strategy(cfg).scope():
-            model = build_training_model(model_cfg)
+            if isinstance(model_cfg, AttentionConfig):
+                model = build_attention_model(model_cfg)
+            else:
+                model = build_training_model(model_cfg)
             if cfg.glove:
                 from service.vocabulary import Vocabulary
                 from training.glove import glove_matrix
