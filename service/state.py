@@ -18,7 +18,7 @@ from typing import Literal
 import httpx
 
 from service.batcher import MicroBatcher
-from service.errors import NotReady
+from service.errors import NotReady, Overloaded
 from service.inputs import OptionRules
 from service.metrics import BatcherMetrics, Metrics
 from service.pipeline import CaptionJob, CaptionOutcome, Pipeline
@@ -138,9 +138,27 @@ class ServiceState:
         }.get(self.phase, "not ready")
         raise NotReady(detail, retry_after_s=self.settings.retry_after_s)
 
+    @property
+    def max_pending(self) -> int:
+        """Images that may be accepted and unanswered at once: the queue, the running batches,
+        the decode threads and the URL downloads."""
+        s = self.settings
+        running = s.max_batch_size * s.max_concurrent_batches
+        return s.queue_size + running + s.decode_threads + s.url_fetch_concurrency
+
     @contextlib.asynccontextmanager
     async def admitted(self, count: int = 1) -> AsyncIterator[None]:
-        """Count ``count`` images as pending while the block runs (the HPA metric)."""
+        """Count ``count`` images as pending while the block runs (the HPA metric).
+
+        Beyond ``max_pending`` the request is refused at once with 503 ``overloaded``, before
+        its body is read or decoded: under overload, refusing must cost next to nothing (an
+        idle service still takes a batch larger than the limit)."""
+        if self.pending and self.pending + count > self.max_pending:
+            self.metrics.rejected_item("queue_full")
+            raise Overloaded(
+                f"{self.pending} images are already waiting; retry later",
+                retry_after_s=self.settings.retry_after_s,
+            )
         self.pending += count
         self._idle.clear()
         self.metrics.pending.set(self.pending)

@@ -33,6 +33,14 @@ def jpeg(flickr8k_dir: Path) -> bytes:
     return sorted((flickr8k_dir / "images").glob("*.jpg"))[0].read_bytes()
 
 
+@pytest.fixture(scope="session")
+def heavy_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle with an encoder of ~20 ms an image (see heavy_bundle.py)."""
+    from tests.reliability.heavy_bundle import build_heavy_bundle
+
+    return build_heavy_bundle(tiny_bundle, tmp_path_factory.mktemp("heavy") / "heavy")
+
+
 @pytest.fixture
 def server(tiny_bundle: Path) -> Iterator[Callable[..., RunningServer]]:
     """Factory: ``server(rate_limit_per_s=1, ...)`` -> a running in-process server."""
@@ -44,15 +52,19 @@ def server(tiny_bundle: Path) -> Iterator[Callable[..., RunningServer]]:
         yield start
 
 
+ServiceFactory = Callable[..., ServiceProcess]
+
+
 @pytest.fixture
-def service_process(tiny_bundle: Path, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Factory: ``service_process(CAPTION_X="1")`` -> ``python -m service``, ready."""
+def service_process(tiny_bundle: Path, tmp_path: Path) -> Iterator[ServiceFactory]:
+    """Factory: ``service_process(bundle=None, CAPTION_X="1")`` -> ``python -m service``
+    on the tiny bundle (or ``bundle``), ready."""
     with contextlib.ExitStack() as stack:
 
-        def start(**env: str) -> ServiceProcess:
+        def start(bundle: Path | None = None, **env: str) -> ServiceProcess:
             folder = tmp_path / f"service-{len(list(tmp_path.glob('service-*')))}"
             folder.mkdir()
-            return stack.enter_context(process_server(tiny_bundle, folder, **env))
+            return stack.enter_context(process_server(bundle or tiny_bundle, folder, **env))
 
         yield start
 
