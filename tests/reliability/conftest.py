@@ -43,11 +43,12 @@ def heavy_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture
 def server(tiny_bundle: Path) -> Iterator[Callable[..., RunningServer]]:
-    """Factory: ``server(rate_limit_per_s=1, ...)`` -> a running in-process server."""
+    """Factory: ``server(bundle=None, rate_limit_per_s=1, ...)`` -> a running in-process server
+    on the tiny bundle (or ``bundle``)."""
     with contextlib.ExitStack() as stack:
 
-        def start(**overrides: Any) -> RunningServer:
-            return stack.enter_context(run_server(tiny_bundle, **overrides))
+        def start(bundle: Path | None = None, **overrides: Any) -> RunningServer:
+            return stack.enter_context(run_server(bundle or tiny_bundle, **overrides))
 
         yield start
 

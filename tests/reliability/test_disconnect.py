@@ -1,0 +1,90 @@
+"""Clients that hang up while their image waits in the queue: the work is skipped, nobody else
+notices.
+
+A real uvicorn (in-process, so the batcher's metrics are read directly) serves the heavy test
+bundle one batch at a time; stayers fill the queue, then leavers queue behind them and close
+their sockets. Every leaver is counted ``cancelled`` and never reaches the model (images run ==
+stayers), every stayer gets its caption, and nothing stays pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.reliability.conftest import assert_healthy
+from tests.service.conftest import RunningServer
+
+pytestmark = pytest.mark.e2e
+
+STAYERS = 12
+LEAVERS = 5
+
+
+def _queued(running: RunningServer) -> float:
+    return running.sample("caption_queue_depth") + running.sample("caption_inflight_requests")
+
+
+async def _scenario(running: RunningServer, jpeg: bytes) -> list[httpx.Response]:
+    port = int(running.url.rsplit(":", 1)[1])
+    head = (
+        "POST /caption HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        f"Content-Length: {len(jpeg)}\r\n\r\n"
+    ).encode()
+    limits = httpx.Limits(max_connections=STAYERS)
+    async with httpx.AsyncClient(base_url=running.url, timeout=60, limits=limits) as client:
+        stayers = [
+            asyncio.create_task(
+                client.post("/caption", content=jpeg, headers={"Content-Type": "image/jpeg"})
+            )
+            for _ in range(STAYERS)
+        ]
+        end = time.monotonic() + 20
+        while _queued(running) < STAYERS - 1:  # the stayers are queued or running
+            assert time.monotonic() < end, "stayers never queued"
+            await asyncio.sleep(0.002)
+        leavers = []
+        for _ in range(LEAVERS):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head + jpeg)
+            await writer.drain()
+            leavers.append(writer)
+        while _queued(running) < STAYERS - 1 + LEAVERS:  # the leavers are queued too
+            assert time.monotonic() < end, "leavers never queued"
+            await asyncio.sleep(0.002)
+        assert running.sample("caption_batch_size_sum") < STAYERS - 2, "queue drained too fast"
+        for writer in leavers:  # hang up while queued
+            writer.close()
+        return await asyncio.gather(*stayers)
+
+
+def test_clients_leaving_while_queued_are_skipped(
+    server: Callable[..., RunningServer], heavy_bundle: Path, jpeg: bytes
+) -> None:
+    running = server(
+        heavy_bundle,
+        max_batch_size=2,
+        max_concurrent_batches=1,
+        intra_op_threads=1,
+        default_beam_size=8,
+        request_timeout_s=60,
+    )
+    responses = asyncio.run(_scenario(running, jpeg))
+    assert [r.status_code for r in responses] == [200] * STAYERS
+    captions = {r.json()["caption"] for r in responses}
+    assert len(captions) == 1 and captions != {""}  # same image, same caption, all complete
+    end = time.monotonic() + 10
+    while running.sample("caption_pending_requests") > 0:
+        assert time.monotonic() < end, "leavers still pending"
+        time.sleep(0.01)
+    assert running.sample("caption_rejected_total", {"reason": "cancelled"}) == LEAVERS
+    assert running.sample("caption_batch_size_sum") == STAYERS  # leavers never ran
+    assert running.sample("caption_requests_total", {"endpoint": "/caption", "code": "499"}) == (
+        LEAVERS
+    )
+    assert_healthy(running.url, jpeg)
