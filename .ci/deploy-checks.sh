@@ -39,6 +39,7 @@ cleanup() {
     if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
         docker rm -f captioner-ci captioner-ci-mounted captioner-ci-url >/dev/null 2>&1
         docker volume rm -f captioner-ci-models >/dev/null 2>&1
+        CAPTIONER_TAG=ci docker compose -p captioner-ci down --timeout 5 >/dev/null 2>&1
     fi
     if [[ -n $DOCKERD_PID ]]; then
         kill "$DOCKERD_PID" 2>/dev/null
@@ -270,6 +271,8 @@ config["rule_files"] = [f"{rules}/*.yml"]
 for job in config["scrape_configs"]:
     port = app if job["job_name"] == "captioner" else prom
     job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+    if job["job_name"] == "captioner":  # the labels a ServiceMonitor adds, for the adapter query
+        job["static_configs"][0]["labels"] = {"namespace": "ml", "pod": "captioner-ci-0"}
 open(out, "w").write(yaml.safe_dump(config))
 PY
     promtool check config "$WORK/prometheus.yml"
@@ -278,7 +281,7 @@ PY
     PROM_PID=$!
     caption_through "$APP_PORT" >/dev/null
     "$PY" - "$PROM_PORT" <<'PY' || { tail -20 "$WORK/prometheus.log"; die "Prometheus did not see the service"; }
-import sys, time
+import importlib.util, sys, time
 import httpx
 api = f"http://127.0.0.1:{sys.argv[1]}/api/v1"
 deadline = time.monotonic() + 60
@@ -307,6 +310,24 @@ bad = [r["name"] for g in rules for r in g["rules"] if r.get("health") not in ("
 assert names == ["captioner.alerts", "captioner.recording"], names
 assert not bad, f"rules unhealthy: {bad}"
 print("rule groups loaded:", names)
+# The recording rules evaluate on real data, and the prometheus-adapter query (what the HPA gets)
+# returns the pod's caption_pending_requests.
+spec = importlib.util.spec_from_file_location("exprs_to_rules", "deploy/ci/exprs_to_rules.py")
+exprs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(exprs)
+(adapter,) = exprs.adapter_rules()
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    recorded = (get("/query", query="caption:ready_replicas:sum") or {}).get("result", [])
+    hpa = (get("/query", query=adapter["expr"]) or {}).get("result", [])
+    if recorded and hpa:
+        break
+    time.sleep(1)
+else:
+    sys.exit(f"recording rule result={recorded}, adapter query result={hpa}")
+assert float(recorded[0]["value"][1]) == 1.0, recorded
+print("recording rule caption:ready_replicas:sum =", recorded[0]["value"][1])
+print("adapter query", adapter["expr"], "->", hpa[0]["metric"], hpa[0]["value"][1])
 PY
     kill "$PROM_PID" && wait "$PROM_PID" 2>/dev/null || true
     PROM_PID=""
@@ -356,6 +377,17 @@ url_bundle() {
     HTTP_PID=""
 }
 
+compose_run() {
+    step "docker compose runs the service as configured (read-only, non-root, tmpfs, caps dropped)"
+    local port=$((APP_PORT + 3))
+    CAPTIONER_TAG=ci CAPTION_HOST_PORT=$port docker compose -p captioner-ci up -d --no-build captioner \
+        >"$WORK/compose.log" 2>&1 || { cat "$WORK/compose.log"; die "docker compose up"; }
+    wait_for 120 "the compose service to be ready" curl -fsS "http://127.0.0.1:$port/readyz"
+    caption_through "$port" >/dev/null || die "caption through the compose service"
+    CAPTIONER_TAG=ci docker compose -p captioner-ci down --timeout 30 >/dev/null 2>&1
+    echo "compose service answered on :$port and stopped"
+}
+
 graceful_stop() {
     step "SIGTERM drains and exits 0"
     local t0=$SECONDS
@@ -381,6 +413,7 @@ if [[ $WHAT == image || $WHAT == all ]]; then
     prometheus_scrape
     mounted_bundle
     url_bundle
+    compose_run
     graceful_stop
 fi
 step "deploy checks passed"

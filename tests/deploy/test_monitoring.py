@@ -173,7 +173,7 @@ def test_compose_prometheus_scrapes_the_service_and_loads_the_rules() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "captioner")
     assert job["static_configs"][0]["targets"] == ["captioner:8000"]
-    assert services["captioner"]["ports"] == ["8000:8000"]
+    assert services["captioner"]["ports"] == ["${CAPTION_HOST_PORT:-8000}:8000"]
     mounts = services["prometheus"]["volumes"]
     assert "./deploy/prometheus/rules:/etc/prometheus/rules:ro" in mounts
     assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
