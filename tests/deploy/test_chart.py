@@ -301,3 +301,26 @@ def test_every_value_is_documented() -> None:
         elif not documented:
             undocumented.append(stripped)
     assert not undocumented, f"values without a `# --` comment: {undocumented}"
+
+
+def test_default_grace_period_leaves_room_after_the_drain(render: Render) -> None:
+    pod = one(render("default"), "Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 5 + 20 + 10
+
+
+def test_any_service_setting_can_be_passed_in_camel_case(render: Render) -> None:
+    data = config(render("default", "settings.defaultBeamSize=1", "settings.useInt8=true"))
+    assert data["CAPTION_DEFAULT_BEAM_SIZE"] == "1"
+    assert data["CAPTION_USE_INT8"] == "true"
+
+
+def test_gke_pod_monitoring_scrapes_the_pods_named_port(render: Render) -> None:
+    docs = render("url")
+    monitor = one(docs, "PodMonitoring")
+    deployment = one(docs, "Deployment")
+    assert monitor["apiVersion"] == "monitoring.googleapis.com/v1"
+    assert selects(monitor["spec"]["selector"]["matchLabels"], pod_labels(deployment))
+    ports = {p["name"] for p in container(deployment)["ports"]}
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http"]
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"

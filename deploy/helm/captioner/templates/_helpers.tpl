@@ -62,11 +62,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* Grace period: explicit value (checked) or preStop sleep + drain timeout + 5 s. */}}
+{{/* Grace period: explicit value (checked) or preStop sleep + drain timeout + 10 s (uvicorn shutdown, margin). */}}
 {{- define "captioner.terminationGracePeriodSeconds" -}}
 {{- $needed := add (int .Values.preStopSleepSeconds) (int .Values.settings.drainTimeoutS) }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
-{{- add $needed 5 }}
+{{- add $needed 10 }}
 {{- else if lt (int .Values.terminationGracePeriodSeconds) (int $needed) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be >= preStopSleepSeconds + settings.drainTimeoutS (%d)" (int .Values.terminationGracePeriodSeconds) (int $needed)) }}
 {{- else }}
