@@ -203,21 +203,29 @@ async def open_loop(
             )
             task.add_done_callback(lambda _t: bar.update())
             tasks.append(task)
-        records = await _gather_bounded(tasks, grace_s=target.timeout_s + 5.0)
+        records = await _gather_bounded(tasks, offsets, t0, grace_s=target.timeout_s + 5.0)
     step = StepResult("open", duration_s, records, offered_rate=rate, arrivals=arrivals)
     return await _with_metrics(client, target, step, before)
 
 
 async def _gather_bounded(
-    tasks: list[asyncio.Task[RequestRecord]], *, grace_s: float
+    tasks: list[asyncio.Task[RequestRecord]], offsets: list[float], t0: float, *, grace_s: float
 ) -> list[RequestRecord]:
+    """Every task's record; one still running after ``grace_s`` is cancelled and recorded as
+    ``abandoned`` (never dropped: a missing slow request would flatter the percentiles)."""
     if not tasks:
         return []
     _done, pending = await asyncio.wait(tasks, timeout=grace_s)
     for task in pending:  # send_one has its own timeout; this is a last-resort bound
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
-    return [t.result() for t in tasks if t.done() and not t.cancelled()]
+    now = asyncio.get_running_loop().time() - t0
+    return [
+        t.result()
+        if t.done() and not t.cancelled()
+        else RequestRecord(offset, offset, now, CLIENT_ERROR, "abandoned")
+        for t, offset in zip(tasks, offsets, strict=True)
+    ]
 
 
 async def closed_loop(
