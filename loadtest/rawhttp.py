@@ -74,7 +74,13 @@ class RawClient:
                 try:
                     conn.writer.write(payload)
                     response, keep = await _read_response(conn.reader)
-                except (OSError, EOFError, ValueError, RawHttpError) as exc:
+                except (
+                    OSError,
+                    EOFError,
+                    ValueError,
+                    asyncio.LimitOverrunError,
+                    RawHttpError,
+                ) as exc:
                     conn.close()
                     if reused and attempt == 0:
                         continue  # the server closed an idle keep-alive connection: retry once
