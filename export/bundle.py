@@ -75,6 +75,14 @@ class ExportSources:
     """Training config and final history figures, stored as ``manifest.training``."""
     keras_weights: Path | None = None
     """Decoder weights file copied into the bundle as ``decoder.keras.weights.h5``."""
+    architecture: str = ARCHITECTURE
+    """``DecoderSpec.architecture``, e.g. ``merge_lstm`` or ``attention_lstm``."""
+    image_role: FeatureRole = "pooled"
+    """Encoder output the step decoder reads: ``pooled`` (B, D) or ``grid`` (B, N, D)."""
+    state_names: tuple[str, ...] = ("h", "c")
+    """Recurrent state inputs of the step decoder; each has output ``<name>_out``."""
+    attention: bool = False
+    """The step decoder has an ``attention`` output (B, N)."""
 
 
 @dataclass(frozen=True)
@@ -135,12 +143,14 @@ def _encoder_spec(src: ExportSources, outputs: dict[FeatureRole, str]) -> Encode
 
 def _decoder_spec(src: ExportSources) -> DecoderSpec:
     return DecoderSpec(
-        architecture=ARCHITECTURE,
+        architecture=src.architecture,
         file=DECODER_FILE,
+        image_role=src.image_role,
         states=[
-            StateTensor(input="h", output="h_out", size=src.hidden_size),
-            StateTensor(input="c", output="c_out", size=src.hidden_size),
+            StateTensor(input=name, output=f"{name}_out", size=src.hidden_size)
+            for name in src.state_names
         ],
+        attention_output="attention" if src.attention else None,
         hidden_size=src.hidden_size,
         vocab_size=len(src.vocab),
         max_length=src.max_length,
@@ -185,6 +195,9 @@ def write_bundle(src: ExportSources, out: Path, options: ExportOptions) -> Path:
             hidden_size=src.hidden_size,
             feature_dim=src.feature_dim,
             opset=options.opset,
+            states=src.state_names,
+            grid_size=src.grid_size if src.image_role == "grid" else None,
+            attention=src.attention,
         )
         src.vocab.save(stage / VOCAB_FILE)
         training = {**src.training, "export": _toolchain(options.opset)}
@@ -197,6 +210,8 @@ def write_bundle(src: ExportSources, out: Path, options: ExportOptions) -> Path:
             max_length=src.max_length,
             start_id=src.vocab.start_id,
             end_id=src.vocab.end_id,
+            image_role=src.image_role,
+            state_names=src.state_names,
         )
         images = load_batch(train_head(options.data_dir, options.parity_images), pre)
         parity = check_parity(

@@ -98,28 +98,38 @@ def export_step_decoder(
     hidden_size: int,
     feature_dim: int,
     opset: int = DEFAULT_OPSET,
+    states: tuple[str, ...] = ("h", "c"),
+    grid_size: int | None = None,
+    attention: bool = False,
 ) -> Path:
-    """Write the Keras step model (dict in, dict out; see ``DecoderSpec``) as ``path``."""
+    """Write the Keras step model (dict in, dict out; see ``DecoderSpec``) as ``path``.
+
+    The merge decoder reads the pooled vector (B, D) with states ``h``, ``c``; an attention
+    decoder reads the grid (B, ``grid_size``, D), may have other ``states`` (``h`` alone for a
+    GRU) and has an ``attention`` output (B, N) when ``attention`` is set.
+    """
     import tensorflow as tf
     import tf2onnx
 
+    image_shape = (None, feature_dim) if grid_size is None else (None, grid_size, feature_dim)
     spec = (
         tf.TensorSpec((None,), tf.int32, name="token"),
-        tf.TensorSpec((None, hidden_size), tf.float32, name="h"),
-        tf.TensorSpec((None, hidden_size), tf.float32, name="c"),
-        tf.TensorSpec((None, feature_dim), tf.float32, name="image_features"),
+        *(tf.TensorSpec((None, hidden_size), tf.float32, name=name) for name in states),
+        tf.TensorSpec(image_shape, tf.float32, name="image_features"),
     )
+    input_names = ("token", *states, "image_features")
+    output_names = ("logprobs", *(f"{name}_out" for name in states))
+    output_names += ("attention",) if attention else ()
 
     @tf.function(input_signature=spec)  # type: ignore[untyped-decorator]
-    def step(token: Any, h: Any, c: Any, image_features: Any) -> dict[str, Any]:
-        inputs = {"token": token, "h": h, "c": c, "image_features": image_features}
-        out = step_model(inputs, training=False)
-        missing = [name for name in DECODER_OUTPUTS if name not in out]
+    def step(*args: Any) -> dict[str, Any]:
+        out = step_model(dict(zip(input_names, args, strict=True)), training=False)
+        missing = [name for name in output_names if name not in out]
         if missing:
             raise ExportError(f"step model has no outputs {missing}; it has {sorted(out)}")
-        return {name: tf.identity(out[name], name=name) for name in DECODER_OUTPUTS}
+        return {name: tf.identity(out[name], name=name) for name in output_names}
 
     model, _ = tf2onnx.convert.from_function(step, input_signature=spec, opset=opset)
-    _check_io(model, DECODER_INPUTS, DECODER_OUTPUTS)
+    _check_io(model, input_names, output_names)
     _name_batch_dim(model)
     return _save(model, path)

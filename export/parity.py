@@ -46,6 +46,8 @@ class DecoderShape:
     start_id: int
     end_id: int
     image_role: FeatureRole = "pooled"
+    state_names: tuple[str, ...] = ("h", "c")
+    """Recurrent state inputs in order (``h``, ``c`` for LSTMs, ``h`` for a GRU)."""
 
 
 def ort_session(path: Path, threads: int = 2) -> ort.InferenceSession:
@@ -56,50 +58,59 @@ def ort_session(path: Path, threads: int = 2) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+_NOT_STATES = ("token", "image_features")
+
+
+def _feeds(
+    names: Sequence[str], tokens: np.ndarray, states: list[np.ndarray], image: np.ndarray
+) -> dict[str, np.ndarray]:
+    feeds = {"token": np.asarray(tokens, dtype=np.int32)}
+    feeds.update({n: np.asarray(s, dtype=np.float32) for n, s in zip(names, states, strict=True)})
+    feeds["image_features"] = np.asarray(image, dtype=np.float32)
+    return feeds
+
+
 class KerasStep:
-    """``service.decoding.StepFn`` over the Keras step model."""
+    """``service.decoding.StepFn`` over the Keras step model (states: its inputs other than
+    ``token`` and ``image_features``, e.g. ``h``, ``c``; ``attention`` when it has that output)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
+        names = list(model.input) if isinstance(model.input, dict) else ["h", "c"]
+        self.state_names = tuple(n for n in names if n not in _NOT_STATES)
 
     def __call__(
         self, tokens: np.ndarray, states: list[np.ndarray], image: np.ndarray
     ) -> StepOutput:
-        out = self.model(
-            {
-                "token": np.asarray(tokens, dtype=np.int32),
-                "h": np.asarray(states[0], dtype=np.float32),
-                "c": np.asarray(states[1], dtype=np.float32),
-                "image_features": np.asarray(image, dtype=np.float32),
-            },
-            training=False,
-        )
+        out = self.model(_feeds(self.state_names, tokens, states, image), training=False)
         return StepOutput(
             logprobs=np.asarray(out["logprobs"]),
-            states=[np.asarray(out["h_out"]), np.asarray(out["c_out"])],
-            attention=None,
+            states=[np.asarray(out[f"{n}_out"]) for n in self.state_names],
+            attention=np.asarray(out["attention"]) if "attention" in out else None,
         )
 
 
 class OnnxStep:
-    """``service.decoding.StepFn`` over ``decoder.onnx``."""
+    """``service.decoding.StepFn`` over ``decoder.onnx`` (states and attention read from the
+    graph's inputs and outputs)."""
 
     def __init__(self, session: ort.InferenceSession) -> None:
         self.session = session
+        self.state_names = tuple(i.name for i in session.get_inputs() if i.name not in _NOT_STATES)
+        self.attention = any(o.name == "attention" for o in session.get_outputs())
 
     def __call__(
         self, tokens: np.ndarray, states: list[np.ndarray], image: np.ndarray
     ) -> StepOutput:
-        logprobs, h_out, c_out = self.session.run(
-            ["logprobs", "h_out", "c_out"],
-            {
-                "token": np.asarray(tokens, dtype=np.int32),
-                "h": np.asarray(states[0], dtype=np.float32),
-                "c": np.asarray(states[1], dtype=np.float32),
-                "image_features": np.asarray(image, dtype=np.float32),
-            },
+        names = ["logprobs", *(f"{n}_out" for n in self.state_names)]
+        names += ["attention"] if self.attention else []
+        values = self.session.run(names, _feeds(self.state_names, tokens, states, image))
+        n = len(self.state_names)
+        return StepOutput(
+            logprobs=values[0],
+            states=list(values[1 : 1 + n]),
+            attention=values[1 + n] if self.attention else None,
         )
-        return StepOutput(logprobs=logprobs, states=[h_out, c_out], attention=None)
 
 
 def keras_features(encoder: Any, images: np.ndarray, role: FeatureRole) -> np.ndarray:
@@ -113,7 +124,7 @@ def greedy_tokens(step: Any, features: np.ndarray, shape: DecoderShape) -> list[
     results = decode_batch(
         step,
         features,
-        [shape.hidden_size, shape.hidden_size],
+        [shape.hidden_size] * len(shape.state_names),
         [request] * len(features),
         start_id=shape.start_id,
         end_id=shape.end_id,
@@ -150,18 +161,20 @@ def decoder_max_diff(
     shape: DecoderShape,
     batch_sizes: Sequence[int],
 ) -> float:
-    """Lockstep along Keras' greedy path; worst |logprobs| and state difference."""
+    """Lockstep along Keras' greedy path; worst |logprobs|, state (and attention) difference."""
     worst = 0.0
     for batch in batch_sizes:
         for part in _chunks(len(features), batch):
             image = features[part]
             n = len(image)
             tokens = np.full((n,), shape.start_id, dtype=np.int32)
-            states = [np.zeros((n, shape.hidden_size), np.float32) for _ in range(2)]
+            states = [np.zeros((n, shape.hidden_size), np.float32) for _ in shape.state_names]
             for _ in range(shape.max_length - 1):
                 ref = keras_step(tokens, states, image)
                 got = onnx_step(tokens, states, image)
                 pairs = [(ref.logprobs, got.logprobs), *zip(ref.states, got.states, strict=True)]
+                if ref.attention is not None and got.attention is not None:
+                    pairs.append((ref.attention, got.attention))
                 for a, b in pairs:
                     worst = max(worst, float(np.max(np.abs(a - b))))
                 tokens = np.argmax(ref.logprobs, axis=-1).astype(np.int32)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from service.manifest import FeatureRole
 from training.encoders import build_encoder, encoder_info
 from training.model import BEST_WEIGHTS_FILE, load_run
 
@@ -89,8 +90,11 @@ def sources_from_run(run_dir: Path) -> ExportSources:
             f"encoder {name} gives {info.feature_dim}-d features, "
             f"the decoder expects {run.model_config.feature_dim}"
         )
-    encoder = build_encoder(name, weights=weights, input_size=input_size, outputs=("pooled",))
+    attention = run.config.get("decoder", "merge") == "attention"
+    roles: tuple[FeatureRole, ...] = ("pooled", "grid") if attention else ("pooled",)
+    encoder = build_encoder(name, weights=weights, input_size=input_size, outputs=roles)
     max_length = int(run.config.get("max_length", 20))
+    cell = str(run.config.get("cell", "lstm"))
     return ExportSources(
         encoder=encoder,
         encoder_name=name,
@@ -105,7 +109,14 @@ def sources_from_run(run_dir: Path) -> ExportSources:
         training={
             "config": run.config,
             "history": history_summary(run_dir),
-            "keras_model": KERAS_MODEL_RECIPE,
+            "keras_model": KERAS_MODEL_RECIPE.replace("training.model", "training.attention")
+            if attention
+            else KERAS_MODEL_RECIPE,
         },
         keras_weights=Path(run_dir) / BEST_WEIGHTS_FILE,
+        roles=roles,
+        architecture=f"attention_{cell}" if attention else "merge_lstm",
+        image_role="grid" if attention else "pooled",
+        state_names=("h",) if attention and cell == "gru" else ("h", "c"),
+        attention=attention,
     )

@@ -22,12 +22,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import keras
 from keras import layers, ops
 
 from service.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    from training.attention import AttentionConfig
 
 MergeMode = Literal["add", "concat"]
 
@@ -184,7 +187,8 @@ class LoadedRun:
     config: dict[str, Any]
     """The run's ``config.json``: TrainConfig fields plus ``model``, ``vocab_size``,
     ``feature_dim``, ``encoder_info`` (name, weights, preprocessing...) and ``data`` counts."""
-    model_config: ModelConfig
+    model_config: ModelConfig | AttentionConfig
+    """``AttentionConfig`` when the run's config says ``"decoder": "attention"``."""
     vocab: Vocabulary
     training_model: keras.Model
     """With the best validation-loss weights."""
@@ -204,15 +208,23 @@ def load_run(run_dir: Path) -> LoadedRun:
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: has the run finished an epoch?")
     config = json.loads((run_dir / CONFIG_FILE).read_text())
-    model_config = ModelConfig.from_dict(config["model"])
+    model_config: ModelConfig | AttentionConfig
+    if config.get("decoder", "merge") == "attention":
+        from training import attention
+
+        model_config = attention.AttentionConfig.from_dict(config["model"])
+        training_model = attention.build_training_model(model_config)
+        step_model = attention.build_step_model(model_config)
+    else:
+        model_config = ModelConfig.from_dict(config["model"])
+        training_model = build_training_model(model_config)
+        step_model = build_step_model(model_config)
     vocab = Vocabulary.load(run_dir / VOCAB_FILE)
     if len(vocab) != model_config.vocab_size:
         raise ValueError(
             f"vocab.json has {len(vocab)} tokens, the model expects {model_config.vocab_size}"
         )
-    training_model = build_training_model(model_config)
     training_model.load_weights(weights)
-    step_model = build_step_model(model_config)
     copy_weights_to_step_model(training_model, step_model)
     return LoadedRun(run_dir, config, model_config, vocab, training_model, step_model)
 

@@ -1,0 +1,208 @@
+"""Attention decoder: the step model equals the teacher-forced model (LSTM and GRU, in Keras and
+in ONNX), the doubly stochastic penalty is what it says, and a tiny real run on the 7x7 Lite0
+grid trains, exports with parity and is served with per-word attention that sums to one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.attention import (
+    AttentionConfig,
+    AttentionCoverage,
+    build_step_model,
+    build_training_model,
+)
+from training.model import copy_weights_to_step_model
+
+pytestmark = pytest.mark.train
+
+SMALL = {"vocab_size": 30, "feature_dim": 24, "grid_size": 9, "units": 16, "embed_dim": 8}
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=-1, keepdims=True)
+    out: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return out
+
+
+def _models(cell: str) -> tuple[AttentionConfig, object, object]:
+    import keras
+
+    keras.utils.set_random_seed(7)
+    cfg = AttentionConfig(**SMALL, attention_dim=12, cell=cell)  # type: ignore[arg-type]
+    training_model, step_model = build_training_model(cfg), build_step_model(cfg)
+    copy_weights_to_step_model(training_model, step_model)
+    return cfg, training_model, step_model
+
+
+def _inputs(rng: np.random.Generator, batch: int = 3, steps: int = 6) -> tuple[np.ndarray, ...]:
+    grid = rng.normal(size=(batch, SMALL["grid_size"], SMALL["feature_dim"])).astype(np.float32)
+    tokens = rng.integers(1, SMALL["vocab_size"], size=(batch, steps)).astype(np.int32)
+    return grid, tokens
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_step_model_reproduces_the_training_model(cell: str) -> None:
+    from export.parity import KerasStep
+
+    cfg, training_model, step_model = _models(cell)
+    grid, tokens = _inputs(np.random.default_rng(0))
+    logits = np.asarray(training_model({"image_features": grid, "tokens": tokens}))
+    expected = _log_softmax(logits)
+
+    step = KerasStep(step_model)
+    assert step.state_names == cfg.state_names == (("h", "c") if cell == "lstm" else ("h",))
+    states = [np.zeros((3, cfg.units), np.float32) for _ in cfg.state_names]
+    for t in range(tokens.shape[1]):
+        out = step(tokens[:, t], states, grid)
+        np.testing.assert_allclose(out.logprobs, expected[:, t], atol=1e-5)
+        assert out.attention is not None and out.attention.shape == (3, SMALL["grid_size"])
+        np.testing.assert_allclose(out.attention.sum(axis=-1), 1.0, atol=1e-5)
+        states = out.states
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_onnx_step_decoder_matches_keras(cell: str, tmp_path: Path) -> None:
+    from export.onnx_export import export_step_decoder
+    from export.parity import KerasStep, OnnxStep, ort_session
+
+    cfg, _, step_model = _models(cell)
+    path = export_step_decoder(
+        step_model,
+        tmp_path / "decoder.onnx",
+        hidden_size=cfg.units,
+        feature_dim=cfg.feature_dim,
+        states=cfg.state_names,
+        grid_size=cfg.grid_size,
+        attention=True,
+    )
+    onnx_step, keras_step = OnnxStep(ort_session(path)), KerasStep(step_model)
+    assert onnx_step.state_names == cfg.state_names and onnx_step.attention
+    grid, tokens = _inputs(np.random.default_rng(1), batch=5)
+    states = [np.zeros((5, cfg.units), np.float32) for _ in cfg.state_names]
+    for t in range(tokens.shape[1]):
+        ref, got = keras_step(tokens[:, t], states, grid), onnx_step(tokens[:, t], states, grid)
+        np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-4)
+        assert ref.attention is not None and got.attention is not None
+        np.testing.assert_allclose(got.attention, ref.attention, atol=1e-5)
+        for a, b in zip(got.states, ref.states, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        states = ref.states
+
+
+def test_coverage_penalty_pulls_towards_an_even_share() -> None:
+    layer = AttentionCoverage(weight=2.0)
+    tokens = np.array([[1, 5, 6, 0], [1, 7, 0, 0]], np.int32)  # 3 and 2 real input tokens
+    even = np.full((2, 4, 4), 0.25, np.float32)  # every cell gets len / N in total
+    layer(even, tokens)
+    assert float(np.asarray(layer.losses[-1])) == pytest.approx(0.0, abs=1e-6)
+
+    focused = np.zeros((2, 4, 4), np.float32)
+    focused[..., 0] = 1.0  # all attention on cell 0
+    layer = AttentionCoverage(weight=2.0)
+    layer(focused, tokens)
+    # item 0: share 0.75, received (3,0,0,0) -> 2.25^2 + 3 * 0.75^2; item 1: share 0.5, (2,0,0,0)
+    expected = 2.0 * ((2.25**2 + 3 * 0.75**2) + (1.5**2 + 3 * 0.5**2)) / 2
+    assert float(np.asarray(layer.losses[-1])) == pytest.approx(expected, rel=1e-5)
+
+
+def test_config_refuses_an_unknown_cell() -> None:
+    with pytest.raises(ValueError, match="cell"):
+        AttentionConfig(**SMALL, cell="rnn")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ a tiny real run, exported
+
+
+@pytest.fixture(scope="module")
+def attention_run(tmp_path_factory: pytest.TempPathFactory, flickr8k_dir: Path) -> Path:
+    from training.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("attention-run")
+    cfg = TrainConfig(
+        run_dir=str(root / "run"),
+        data_dir=str(flickr8k_dir),
+        cache_dir=str(root / "cache"),
+        decoder="attention",
+        cell="lstm",
+        coverage=0.1,
+        limit=40,
+        units=16,
+        embed_dim=16,
+        attention_dim=16,
+        min_count=2,
+        batch_size=16,
+        epochs=3,
+        lr=3e-3,
+        patience=3,
+    )
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def attention_bundle(
+    attention_run: Path, tmp_path_factory: pytest.TempPathFactory, flickr8k_dir: Path
+) -> Path:
+    from export.bundle import ExportOptions, write_bundle
+    from export.run import sources_from_run
+
+    out = tmp_path_factory.mktemp("models") / "tiny-attention"
+    options = ExportOptions(name="tiny-attention", version="0.0.1", data_dir=flickr8k_dir)
+    return write_bundle(sources_from_run(attention_run), out, options)
+
+
+def test_tiny_run_learns_on_the_grid(attention_run: Path) -> None:
+    history = json.loads((attention_run / "history.json").read_text())
+    val_ce = [row["val_ce"] for row in history["epochs"]]
+    assert len(val_ce) == 3 and val_ce[-1] < val_ce[0], val_ce
+    config = json.loads((attention_run / "config.json").read_text())
+    assert config["decoder"] == "attention"
+    assert config["model"]["grid_size"] == 49 and config["model"]["feature_dim"] == 1280
+
+
+def test_bundle_declares_the_grid_and_the_attention_output(attention_bundle: Path) -> None:
+    from service.manifest import load_manifest, verify_files
+
+    manifest = load_manifest(attention_bundle)
+    verify_files(attention_bundle, manifest)
+    assert manifest.encoder.outputs == {"pooled": "features", "grid": "grid"}
+    assert manifest.encoder.grid_size == 49
+    decoder = manifest.decoder
+    assert (decoder.architecture, decoder.image_role) == ("attention_lstm", "grid")
+    assert decoder.attention_output == "attention"
+    assert [(s.input, s.output) for s in decoder.states] == [("h", "h_out"), ("c", "c_out")]
+    parity = manifest.parity
+    assert parity is not None and parity.greedy_captions_identical
+    assert parity.batch_sizes == [1, 8]
+    assert parity.logprob_max_abs_diff <= parity.logprob_tolerance
+
+
+def test_served_captions_carry_attention_per_word(
+    attention_bundle: Path, attention_run: Path, flickr8k_dir: Path
+) -> None:
+    from export.images import load_batch
+    from export.parity import DecoderShape, KerasStep, greedy_tokens
+    from service.runtime import CaptionModel
+    from training.data import image_dir, load_split
+    from training.encoders import build_encoder
+    from training.model import load_run
+
+    model = CaptionModel.load(attention_bundle, intra_op_threads=2)
+    names = load_split(flickr8k_dir, "test")[:4]
+    images = load_batch([image_dir(flickr8k_dir) / n for n in names], model.preprocessing)
+    results = model.caption_images(images, [model.request(beam_size=3)] * 2 + [model.request()] * 2)
+    for captions in results:
+        best = captions[0]
+        assert best.attention is not None
+        weights = np.asarray(best.attention)
+        assert weights.shape == (len(best.tokens), 49)
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-4)
+
+    greedy = [caps[0].tokens for caps in results[2:]]
+    grid = np.asarray(build_encoder("efficientnet_lite0", outputs=("grid",))(images[2:])["grid"])
+    shape = DecoderShape(hidden_size=16, max_length=20, start_id=1, end_id=2, image_role="grid")
+    assert greedy == greedy_tokens(KerasStep(load_run(attention_run).step_model), grid, shape)
