@@ -191,6 +191,8 @@ class ServiceState:
             clean = False
         if self.batcher is not None:
             clean = await self.batcher.drain(max(0.0, deadline - loop.time())) and clean
+            if not clean:  # answer what is left (503 not_ready) so the server can exit now
+                await self.batcher.stop()
         log.info("drained" if clean else "drain timed out", extra={"pending": self.pending})
         return clean
 
