@@ -15,8 +15,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from service.attention import caption_with_attention, grid_shape
 from service.decoding import DecodeRequest
-from service.errors import CaptionError, ClientClosedRequest, DeadlineExceeded, UrlTimeout
+from service.errors import (
+    CaptionError,
+    ClientClosedRequest,
+    DeadlineExceeded,
+    InvalidOption,
+    UrlTimeout,
+)
 from service.inputs import (
     ImageInput,
     OptionRules,
@@ -47,6 +54,11 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 class CaptionText(BaseModel):
     text: str
     score: float
+    words: list[str] | None = None
+    """With ``attention=true``: the words of ``text``, one per ``attention`` row."""
+    attention: list[list[float]] | None = None
+    """With ``attention=true``: per word, its weights over the ``attention_grid`` cells
+    (row-major, each row sums to 1)."""
 
 
 class ModelRef(BaseModel):
@@ -68,6 +80,8 @@ class CaptionResponse(BaseModel):
     model: ModelRef
     timings_ms: Timings
     request_id: str
+    attention_grid: list[int] | None = None
+    """With ``attention=true``: [rows, cols] of the grid the attention weights cover."""
 
 
 class ErrorBody(BaseModel):
@@ -120,14 +134,18 @@ CAPTION_BODY: dict[str, Any] = {
                         "beam_size": {"type": "integer"},
                         "max_length": {"type": "integer"},
                         "num_captions": {"type": "integer"},
+                        "attention": {"type": "boolean"},
                     },
                 }
             },
         },
     },
     "parameters": [
-        {"name": name, "in": "query", "required": False, "schema": {"type": "integer"}}
-        for name in ("beam_size", "max_length", "num_captions")
+        *(
+            {"name": name, "in": "query", "required": False, "schema": {"type": "integer"}}
+            for name in ("beam_size", "max_length", "num_captions")
+        ),
+        {"name": "attention", "in": "query", "required": False, "schema": {"type": "boolean"}},
     ],
 }
 
@@ -153,6 +171,7 @@ BATCH_BODY: dict[str, Any] = {
                         "beam_size": {"type": "integer"},
                         "max_length": {"type": "integer"},
                         "num_captions": {"type": "integer"},
+                        "attention": {"type": "boolean"},
                     },
                     "required": ["images"],
                 }
@@ -195,6 +214,12 @@ async def caption_one(
     on accounts for its cancellation)."""
     assert state.preprocessor is not None and state.batcher is not None
     assert state.model is not None
+    manifest = state.model.manifest
+    if options.attention and manifest.decoder.attention_output is None:
+        raise InvalidOption(
+            f"attention=true needs an attention decoder; model {manifest.name!r} "
+            f"({manifest.decoder.architecture}) has none"
+        )
     try:
         async with asyncio.timeout_at(deadline):
             data = image.data if image.data is not None else await _fetch(state, str(image.url))
@@ -213,11 +238,15 @@ async def caption_one(
     if progress is not None:
         progress["queued"] = True
     outcome = await state.batcher.submit(job, deadline=deadline)
-    manifest = state.model.manifest
     captions = outcome.captions
+    texts = [{"text": c.text, "score": round(c.score, 6)} for c in captions]
+    extra: dict[str, Any] = {}
+    if options.attention:
+        texts = [caption_with_attention(c, t) for c, t in zip(captions, texts, strict=True)]
+        extra["attention_grid"] = grid_shape(manifest.encoder.grid_size or 1)
     return {
         "caption": captions[0].text if captions else "",
-        "captions": [{"text": c.text, "score": round(c.score, 6)} for c in captions],
+        "captions": texts,
         "model": {"name": manifest.name, "version": manifest.version},
         "timings_ms": {
             "queue": _ms(outcome.queue_s),
@@ -227,6 +256,7 @@ async def caption_one(
             "total": _ms(time.perf_counter() - arrived),
         },
         "request_id": request_id,
+        **extra,
     }
 
 

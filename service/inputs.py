@@ -6,9 +6,10 @@
 * a raw body with ``image/*`` or ``application/octet-stream``;
 * JSON ``{"url": "..."}`` or JSON ``{"image_base64": "..."}`` (a ``data:`` URL prefix is allowed).
 
-Options (``beam_size``, ``max_length``, ``num_captions``) come from the query string or the JSON
-object (JSON wins). Bodies are read as a stream and refused with 413 as soon as they pass the
-limit (a ``Content-Length`` above it is refused before reading anything).
+Options (``beam_size``, ``max_length``, ``num_captions``, and the flag ``attention`` for per-word
+attention maps) come from the query string or the JSON object (JSON wins). Bodies are read as a
+stream and refused with 413 as soon as they pass the limit (a ``Content-Length`` above it is
+refused before reading anything).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from service.errors import (
     UnsupportedMediaType,
 )
 
-OPTION_NAMES = ("beam_size", "max_length", "num_captions")
+OPTION_NAMES = ("beam_size", "max_length", "num_captions", "attention")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and option fields
 
 
@@ -47,6 +49,8 @@ class Options:
     beam_size: int
     max_length: int
     num_captions: int
+    attention: bool = False
+    """Return each word's attention weights over the image grid (attention decoders only)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,14 @@ def _as_int(name: str, value: object) -> int:
     raise InvalidOption(f"{name} must be an integer, got {value!r}")
 
 
+def _as_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise InvalidOption(f"{name} must be true or false, got {value!r}")
+
+
 def parse_options(sources: list[Mapping[str, Any]], rules: OptionRules) -> Options:
     """Options from the first source (later sources win) that names them; validated."""
     raw: dict[str, object] = {}
@@ -98,7 +110,8 @@ def parse_options(sources: list[Mapping[str, Any]], rules: OptionRules) -> Optio
     count = _as_int("num_captions", raw.get("num_captions", default_n))
     if not 1 <= count <= beam:
         raise InvalidOption(f"num_captions must be between 1 and beam_size ({beam}), got {count}")
-    return Options(beam_size=beam, max_length=length, num_captions=count)
+    attention = _as_bool("attention", raw.get("attention", False))
+    return Options(beam_size=beam, max_length=length, num_captions=count, attention=attention)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
