@@ -24,7 +24,8 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 RUN /opt/venv/bin/pip install '.[cpu]' \
     && /opt/venv/bin/python -c "import service, onnxruntime; print('onnxruntime', onnxruntime.__version__)" \
-    && ! /opt/venv/bin/python -c "import tensorflow" 2>/dev/null
+    && ! /opt/venv/bin/python -c "import tensorflow" 2>/dev/null \
+    && /opt/venv/bin/python -m pip uninstall -q -y pip
 
 # ---- runtime (default target): CPU ----
 FROM ${BASE_IMAGE} AS runtime
@@ -66,7 +67,7 @@ RUN python3.11 -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip==25.
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN /opt/venv/bin/pip install '.[gpu]'
+RUN /opt/venv/bin/pip install '.[gpu]' && /opt/venv/bin/python -m pip uninstall -q -y pip
 
 # ---- gpu: runtime on the CUDA base; CAPTION_PROVIDER=cuda ----
 FROM ${CUDA_BASE_IMAGE} AS gpu

@@ -324,3 +324,15 @@ def test_gke_pod_monitoring_scrapes_the_pods_named_port(render: Render) -> None:
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http"]
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def test_helm_test_pod_polls_readyz_through_the_service(render: Render) -> None:
+    docs = render("default")
+    service = one(docs, "Service")
+    pod = one(docs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = pod["spec"]["containers"][0]["command"][-1]
+    name, port = service["metadata"]["name"], service["spec"]["ports"][0]["port"]
+    assert f"http://{name}:{port}/readyz" in script
+    assert pod["spec"]["containers"][0]["image"] == container(one(docs, "Deployment"))["image"]
+    assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
