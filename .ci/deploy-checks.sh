@@ -3,9 +3,12 @@
 #   lint    hadolint, docker compose config, helm lint --strict / template per ci scenario,
 #           kubernetes-validate --strict, CRD schemas (npm), yamllint, pytest tests/deploy,
 #           promtool (rules, rule unit tests, every Grafana / adapter expression)
-#   image   a local Docker engine builds the image on a debootstrap base, runs it read-only and
-#           non-root, captions a Flickr8k image through it, a real Prometheus scrapes it, a mounted
-#           bundle overrides the baked one, SIGTERM drains and exits 0.
+#   image   a local Docker engine builds the image on a debootstrap base (models/default baked in,
+#           or the tiny test bundle when the checkout has none), runs it read-only and non-root,
+#           captions a Flickr8k image through it; a real Prometheus scrapes it (rules evaluated, the
+#           prometheus-adapter query answered); a mounted bundle overrides the baked one; the chart's
+#           initContainer downloader fetches and verifies a bundle inside the image; the compose
+#           service runs; SIGTERM drains and exits 0. dockerd and Prometheus are stopped at the end.
 # usage: .ci/deploy-checks.sh [lint|image|all]   (default all). Needs root (apt, dockerd).
 # Env: PY (python with the project installed, default .venv/bin/python), DEPLOY_CACHE (base rootfs
 # tarball cache, default /var/cache/captioner-ci), CAPTION_DATA_DIR (Flickr8k, for the test image).
