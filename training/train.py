@@ -7,9 +7,10 @@ Reads top to bottom: config -> data and vocabulary -> pooled image features (cac
 cross-entropy, adjusts the learning rate, stops early and writes a checkpoint.
 
 Resuming: every epoch ends with an atomic checkpoint ``checkpoints/epoch-NNNN/`` (model and
-optimizer state, best weights so far, early-stopping / schedule state, history). The shuffle
-order of epoch ``e`` is a pure function of ``(seed, e)``, so ``--resume`` after a crash (even
-SIGKILL mid-epoch) replays the interrupted epoch on the same examples in the same order.
+optimizer state, dropout RNG state, best weights so far, early-stopping / schedule state,
+history). The shuffle order of epoch ``e`` is a pure function of ``(seed, e)``, so ``--resume``
+after a crash (even SIGKILL mid-epoch) replays the interrupted epoch on the same examples in the
+same order, with the same dropout masks.
 
 Scaling out: ``--distribute mirrored`` trains under ``tf.distribute.MirroredStrategy`` (all
 local GPUs; ``batch_size`` is the global batch). For a cluster, the same code runs under
@@ -305,6 +306,7 @@ class RunKeeper(keras.callbacks.Callback):  # type: ignore[misc]
         self.model.save_weights(tmp / "model.weights.h5")
         optimizer_vars = [keras.ops.convert_to_numpy(v) for v in self.model.optimizer.variables]
         np.savez(tmp / "optimizer.npz", *optimizer_vars)
+        np.savez(tmp / "rng.npz", *[keras.ops.convert_to_numpy(v) for v in _rng_state(self.model)])
         if (self.run_dir / BEST_WEIGHTS_FILE).exists():
             shutil.copy2(self.run_dir / BEST_WEIGHTS_FILE, tmp / BEST_WEIGHTS_FILE)
         (tmp / "state.json").write_text(json.dumps(self.state, indent=2))  # last: marks complete
@@ -313,6 +315,11 @@ class RunKeeper(keras.callbacks.Callback):  # type: ignore[misc]
         for old in root.glob("epoch-*"):
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _rng_state(model: keras.Model) -> list[Any]:
+    """The dropout layers' seed-generator states (variables, but not weights)."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
 def restore_checkpoint(ckpt: Path, run_dir: Path, model: keras.Model) -> dict[str, Any]:
@@ -326,6 +333,9 @@ def restore_checkpoint(ckpt: Path, run_dir: Path, model: keras.Model) -> dict[st
         raise ValueError(f"{ckpt}: optimizer state does not match the model")
     for variable, value in zip(optimizer.variables, values, strict=True):
         variable.assign(value)
+    with np.load(ckpt / "rng.npz") as saved:
+        for i, variable in enumerate(_rng_state(model)):
+            variable.assign(saved[f"arr_{i}"])
     if (ckpt / BEST_WEIGHTS_FILE).exists():
         shutil.copy2(ckpt / BEST_WEIGHTS_FILE, run_dir / BEST_WEIGHTS_FILE)
     return state

@@ -18,7 +18,9 @@ import pytest
 pytestmark = pytest.mark.train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Tiny settings shared by the in-process run and the killed/resumed CLI run (same results).
 TINY = {"limit": 40, "units": 32, "embed_dim": 16, "batch_size": 8, "min_count": 2}
+TINY.update({"epochs": 4, "lr": 3e-3, "patience": 4})
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +36,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, flickr8k
         run_dir=str(tmp_path_factory.mktemp("run")),
         data_dir=str(flickr8k_dir),
         cache_dir=str(cache_dir),
-        epochs=4,
-        lr=3e-3,
-        patience=4,
         **TINY,  # type: ignore[arg-type]
     )
     return train(cfg)
@@ -179,14 +178,15 @@ def _cli(run_dir: Path, cache_dir: Path, data_dir: Path, *extra: str) -> list[st
     args += ["--data-dir", str(data_dir), "--cache-dir", str(cache_dir)]
     for key, value in TINY.items():
         args += ["--" + key.replace("_", "-"), str(value)]
-    return [*args, "--batch-size", "4", "--epochs", "5", "--patience", "9", *extra]
+    return [*args, *extra]
 
 
 def test_resume_after_sigkill(
     tiny_run: Path, tmp_path: Path, cache_dir: Path, flickr8k_dir: Path
 ) -> None:
     """Kill -9 the training process just after its first checkpoint (during epoch 2), then
-    ``--resume``: it continues from the checkpoint's epoch and completes the run."""
+    ``--resume``: it continues from the checkpoint's epoch, completes the run, and ends exactly
+    where the uninterrupted run with the same settings (``tiny_run``) ended."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     log = (tmp_path / "first.log").open("w")
@@ -204,7 +204,7 @@ def test_resume_after_sigkill(
     proc.wait()
     log.close()
     killed_at = json.loads(next((run_dir / "checkpoints").glob("epoch-*/state.json")).read_text())
-    assert 1 <= killed_at["epoch"] < 5
+    assert 1 <= killed_at["epoch"] < 4
 
     resumed = subprocess.run(
         _cli(run_dir, cache_dir, flickr8k_dir, "--resume"),
@@ -217,10 +217,15 @@ def test_resume_after_sigkill(
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from epoch {killed_at['epoch']}" in resumed.stderr
-    assert f"Epoch {killed_at['epoch'] + 1}/5" in resumed.stdout
-    assert "Epoch 1/5" not in resumed.stdout
+    assert f"Epoch {killed_at['epoch'] + 1}/4" in resumed.stdout
+    assert "Epoch 1/4" not in resumed.stdout
     history = json.loads((run_dir / "history.json").read_text())["epochs"]
-    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
     assert history[: killed_at["epoch"]] == killed_at["history"]
-    assert (run_dir / "checkpoints" / "epoch-0005" / "state.json").is_file()
+    # Same shuffle order, dropout masks and optimizer state as the uninterrupted run.
+    reference = json.loads((tiny_run / "history.json").read_text())["epochs"]
+    for got, want in zip(history, reference, strict=True):
+        assert got["val_ce"] == pytest.approx(want["val_ce"], abs=1e-4)
+        assert got["ce"] == pytest.approx(want["ce"], abs=1e-4)
+    assert (run_dir / "checkpoints" / "epoch-0004" / "state.json").is_file()
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))
