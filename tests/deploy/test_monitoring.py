@@ -180,3 +180,26 @@ def test_compose_prometheus_scrapes_the_service_and_loads_the_rules() -> None:
     grafana_mounts = " ".join(services["grafana"]["volumes"])
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning" in grafana_mounts
     assert services["captioner"]["read_only"] is True
+
+
+def test_grafana_provisioning_matches_the_compose_mounts() -> None:
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    mounts = dict(
+        v.rsplit(":", 2)[:2] for v in compose["services"]["grafana"]["volumes"] if ":" in v
+    )
+    grafana = DEPLOY / "grafana" / "provisioning"
+    (provider,) = yaml.safe_load((grafana / "dashboards" / "captioner.yml").read_text())[
+        "providers"
+    ]
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    (source,) = yaml.safe_load((grafana / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert "9090:9090" in compose["services"]["prometheus"]["ports"]
+    variable = next(v for v in dashboard()["templating"]["list"] if v["name"] == "datasource")
+    assert variable["type"] == "datasource" and variable["query"] == source["type"]
+    home = compose["services"]["grafana"]["environment"][
+        "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"
+    ]
+    assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
