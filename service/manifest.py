@@ -173,7 +173,7 @@ def load_manifest(bundle_dir: Path) -> Manifest:
         raise BundleError(f"no {MANIFEST_FILE} in bundle directory {bundle_dir}")
     try:
         return Manifest.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValidationError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValidationError) as exc:
         raise BundleError(f"invalid manifest {path}: {exc}") from exc
 
 
