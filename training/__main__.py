@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     train_parser = commands.add_parser(
         "train",
-        help="train a merge decoder into RUN_DIR",
+        help="train a caption decoder (merge or attention) into RUN_DIR",
         description=inspect.getdoc(sys.modules["training.train"]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
