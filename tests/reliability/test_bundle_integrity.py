@@ -22,6 +22,8 @@ import pytest
 import uvicorn
 
 from service.app import create_app
+from service.manifest import BundleError
+from service.runtime import CaptionModel
 from service.settings import Settings
 from tests.service.conftest import free_socket, run_process
 
@@ -90,7 +92,18 @@ def _damaged(tiny_bundle: Path, tmp_path: Path, name: str) -> Path:
 
 
 @pytest.mark.parametrize("name", list(DAMAGE))
-def test_process_refuses_a_bad_bundle(tiny_bundle: Path, tmp_path: Path, name: str) -> None:
+def test_loading_refuses_a_bad_bundle(tiny_bundle: Path, tmp_path: Path, name: str) -> None:
+    bundle = _damaged(tiny_bundle, tmp_path, name)
+    with pytest.raises(BundleError) as refused:
+        CaptionModel.load(bundle, provider="cpu")
+    for needle in DAMAGE[name][1]:
+        assert needle in str(refused.value), refused.value
+
+
+@pytest.mark.parametrize(
+    "name", ["encoder hash mismatch", "manifest not UTF-8", "manifest without encoder"]
+)
+def test_process_exits_2_with_the_reason(tiny_bundle: Path, tmp_path: Path, name: str) -> None:
     bundle = _damaged(tiny_bundle, tmp_path, name)
     with run_process(bundle, tmp_path / "log.txt") as proc:
         assert proc.process.wait(timeout=60) == 2, proc.log()
