@@ -442,6 +442,7 @@ async def readyz(state: StateDep) -> Response:
     if state.model is not None:
         manifest = state.model.manifest
         body["model"] = {"name": manifest.name, "version": manifest.version}
+        body["attention_maps"] = manifest.decoder.attention_output is not None  # attention=true
         body["provider"] = state.model.provider
     if state.ready:
         return JSONResponse(body)
