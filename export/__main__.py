@@ -29,7 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     arg = parser.add_argument
-    arg("--run-dir", type=Path, required=True, help="training run folder (config.json, ...)")
+    arg(
+        "--run-dir",
+        type=Path,
+        nargs="+",
+        action="extend",
+        required=True,
+        help="training run folder (config.json, ...); several merge runs export one ensemble "
+        "decoder averaging their probabilities (export.ensemble)",
+    )
     arg("--out", type=Path, required=True, help="bundle folder to create, e.g. models/default")
     arg("--name", help="model name in the manifest (default: the --out folder name)")
     arg("--version", default="1.0.0", help="model version in the manifest (default: 1.0.0)")
@@ -129,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     from training.paths import default_data_dir
 
-    from .run import sources_from_run
+    from .ensemble import sources_from_runs
 
     data_dir = default_data_dir(args.data_dir)
     options = ExportOptions(
@@ -149,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {args.out} exists; pass --force to replace it", file=sys.stderr)
         return 2
     try:
-        sources = sources_from_run(args.run_dir)
+        sources = sources_from_runs(args.run_dir)
         bundle = write_bundle(sources, args.out, options)
     except (ParityError, ExportError, BundleExistsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
