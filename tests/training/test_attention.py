@@ -206,3 +206,31 @@ def test_served_captions_carry_attention_per_word(
     grid = np.asarray(build_encoder("efficientnet_lite0", outputs=("grid",))(images[2:])["grid"])
     shape = DecoderShape(hidden_size=16, max_length=20, start_id=1, end_id=2, image_role="grid")
     assert greedy == greedy_tokens(KerasStep(load_run(attention_run).step_model), grid, shape)
+
+
+def test_report_draws_maps_and_pca_and_measures_cost(
+    tiny_attention_bundle: Path,
+    tiny_bundle: Path,
+    flickr8k_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from training.attention_report import main
+
+    common = ["--data-dir", str(flickr8k_dir)]
+    argv = ["figures", "--bundle", str(tiny_attention_bundle), "--out", str(tmp_path)]
+    assert main([*argv, "--images", "2", "--pca-images", "40", *common]) == 0
+    for name in ("attention-maps.png", "feature-pca.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+
+    bundles = [str(tiny_attention_bundle), str(tiny_bundle)]
+    argv = ["bench", "--bundle", *bundles, "--batch-size", "4", "--rounds", "1", *common]
+    assert main(argv) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table[0]["architecture"] != table[1]["architecture"]
+    for row in table:
+        assert row["beam_1"]["captions_per_s"] > 0 and row["beam_3"]["captions_per_s"] > 0
+
+    argv = ["figures", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "no"), *common]
+    assert main(argv) == 2  # a merge bundle has no attention to draw
