@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _models(cell: str) -> tuple[AttentionConfig, object, object]:
+def _models(cell: str) -> tuple[AttentionConfig, Any, Any]:
     import keras
 
     keras.utils.set_random_seed(7)
