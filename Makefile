@@ -9,7 +9,7 @@ RUN_DIR ?= runs/default
 BUNDLE_DIR ?= models/default
 PYTEST_ARGS ?=
 
-.PHONY: help install install-serve serve test check lint typecheck features train export model bench clean
+.PHONY: help install install-serve serve test check lint typecheck features train export model model-attention bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ export: install ## turn $(RUN_DIR) into a bundle in $(BUNDLE_DIR)
 model: install ## reproduce models/default from the shared data (train, evaluate, export)
 	$(PY) -m training train --data-dir $(DATA_DIR) --run-dir $(RUN_DIR)
 	$(PY) -m export --run-dir $(RUN_DIR) --out $(BUNDLE_DIR) --evaluate
+
+model-attention: install ## train, export and evaluate the attention decoder into models/attention
+	$(PY) -m training train --data-dir $(DATA_DIR) --run-dir runs/attention --decoder attention \
+		--epochs 14 --patience 2 --label-smoothing 0.1
+	$(PY) -m export --run-dir runs/attention --out models/attention --evaluate
+	$(PY) -m training.attention_report figures --bundle models/attention --out docs
 
 bench: install ## benchmark: ceiling, service, no batching, naive baseline, int8, roofline
 	$(PY) -m loadtest bench
