@@ -12,6 +12,7 @@ healthy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -23,9 +24,9 @@ from tests.reliability.conftest import ServiceFactory, assert_healthy, rss_bytes
 
 pytestmark = pytest.mark.e2e
 
-MAX_UPLOAD = 2_000_000
+MAX_UPLOAD = 1_000_000
 TOTAL_TIMEOUT_S = 2.0
-WAVES = 2
+WAVES = 3
 EXPECTED = {
     "/endless": {(413, "url_too_large")},
     "/trickle": {(504, "url_timeout")},
@@ -64,6 +65,8 @@ async def _hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
         pass
     finally:
         writer.close()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await writer.wait_closed()
 
 
 @pytest.fixture
@@ -77,6 +80,7 @@ def hostile_server() -> Iterator[str]:
 
     async def shutdown() -> None:
         server.close()
+        await server.wait_closed()
         handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in handlers:
             task.cancel()
@@ -114,6 +118,7 @@ def test_hostile_servers_in_bulk(
     targets = [f"{hostile_server}{path}" for path in EXPECTED for _ in range(8)]
     asyncio.run(_fire(proc.url, targets))  # warm-up wave: buffers, threads, allocator arenas
     before = rss_bytes(proc.process.pid)
+    rss = []
     for _ in range(WAVES):
         results = asyncio.run(_fire(proc.url, targets))
         for target, status, code, _elapsed in results:
@@ -122,7 +127,9 @@ def test_hostile_servers_in_bulk(
         # 8 fetches at a time (the semaphore), each within the total limit: 3 rounds at most
         slowest = max(elapsed for *_, elapsed in results)
         assert slowest < 3 * TOTAL_TIMEOUT_S + 3.0, slowest
-    growth = rss_bytes(proc.process.pid) - before
-    # bounded: more waves of hostile fetches leave memory where the first wave put it
-    assert growth < 8 * 2**20, f"RSS grew {growth / 2**20:.1f} MB"
+        rss.append(rss_bytes(proc.process.pid))
+    print("RSS MB", before / 2**20, [r / 2**20 for r in rss])
+    # bounded, not cumulative: each wave offers the service an endless 8 x 1 MB cap and more;
+    # RSS stays within a fixed allowance (allocator slack included) of the warmed-up value
+    assert max(rss) < before + 64 * 2**20, (before, rss)
     assert_healthy(proc.url, jpeg)
