@@ -19,6 +19,8 @@ import argparse
 import asyncio
 import functools
 import gc
+import os
+import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,6 +53,12 @@ class BenchConfig:
     offline_images: int = 128
     """Images per batch size in (a) and (e)."""
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    offline_rounds: int = 2
+    """Rounds over every batch size in (a) and (e); each size keeps its best round."""
+    nice: int = -15
+    """Scheduling priority of the benchmark and the service it starts (inherited): on a shared
+    machine a negative value keeps other processes from distorting the figures (needs root;
+    otherwise the bench runs at its current priority and says so)."""
     idle_s: float = 6.0
     """Closed loop, one client: the idle single-request latency."""
     step_s: float = 8.0
@@ -72,9 +80,10 @@ class BenchConfig:
     def from_args(cls, args: argparse.Namespace) -> BenchConfig:
         cfg = cls(bundle_dir=args.bundle, images=args.images, out_dir=args.out_dir)
         cfg.profile = not args.no_profile
+        cfg.nice = args.nice
         if args.quick:
             cfg.quick = True
-            cfg.offline_images, cfg.batch_sizes = 16, (1, 4)
+            cfg.offline_images, cfg.batch_sizes, cfg.offline_rounds = 16, (1, 4), 1
             cfg.idle_s, cfg.step_s, cfg.level_s = 1.5, 1.5, 1.5
             cfg.naive_images, cfg.max_rate = 1, 120.0
             cfg.coarse_steps, cfg.fine_steps = 3, 0
@@ -90,6 +99,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "docs")
     p.add_argument("--quick", action="store_true", help="every phase, briefly (smoke test)")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of (b)")
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=-15,
+        help="scheduling priority for the bench and its service (negative needs root; "
+        "default -15 shields the figures from other processes on a shared machine)",
+    )
     p.add_argument(
         "--service-env",
         action="append",
@@ -127,12 +143,24 @@ def offline_phase(cfg: BenchConfig, blobs: list[bytes], *, use_int8: bool) -> di
     from service.runtime import CaptionModel
 
     model = CaptionModel.load(cfg.bundle_dir, use_int8=use_int8)
-    rows = []
-    for size in cfg.batch_sizes:
-        rows.append(_offline(model, blobs, size))
+    trials: dict[int, list[dict[str, float]]] = {size: [] for size in cfg.batch_sizes}
+    for _ in range(cfg.offline_rounds):  # rounds interleave the sizes: noise hits them alike
+        for size in cfg.batch_sizes:
+            trials[size].append(_offline(model, blobs, size))
+    rows: list[dict[str, Any]] = []
+    for size, runs in trials.items():
+        rows.append(
+            {
+                "batch_size": size,
+                "throughput": max(r["throughput"] for r in runs),
+                "encoder_throughput": max(r["encoder_throughput"] for r in runs),
+                "rounds": [round(r["throughput"], 2) for r in runs],
+            }
+        )
         print(
             f"  {'int8' if use_int8 else 'fp32'} batch {size}: {rows[-1]['throughput']:.1f} img/s "
-            f"end to end, encoder {rows[-1]['encoder_throughput']:.1f} img/s",
+            f"end to end, encoder {rows[-1]['encoder_throughput']:.1f} img/s (best of "
+            f"{cfg.offline_rounds})",
             flush=True,
         )
     best = max(rows, key=lambda r: r["throughput"])
@@ -351,13 +379,30 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     return results
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _set_priority(nice: int) -> dict[str, Any]:
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except PermissionError as exc:
+        print(f"could not set priority {nice} ({exc}); running at {before}", flush=True)
+    return {"asked": nice, "got": os.getpriority(os.PRIO_PROCESS, 0), "before": before}
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = BenchConfig.from_args(args)
+    # SIGTERM unwinds like Ctrl-C, so the service subprocess is stopped on the way out
+    signal.signal(signal.SIGTERM, _interrupt)
+    priority = _set_priority(cfg.nice)
     started = time.time()
     meter = CpuMeter().start()
     results = run(cfg)
     results["wall_s"] = time.time() - started
     results["cpu"] = meter.read()
+    results["priority"] = priority
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(cfg.out_dir / "benchmarks.json", results)
     plot_steps(

@@ -176,6 +176,7 @@ def write(path: Path, results: dict[str, Any], *, quick: bool) -> Path:
         f"{results['images']['used']} used offline and by the load generator).",
         "- The load generator runs on the same 2 cores as the service: every HTTP figure pays "
         "for the client's CPU too.",
+        _priority_line(results.get("priority")),
         "",
         "## Summary",
         "",
@@ -313,6 +314,18 @@ def _batch_lines(svc: dict[str, Any]) -> list[str]:
     if stages:
         lines += ["", f"At 100%: {'; '.join(stages)} (ms)."]
     return [*lines, ""]
+
+
+def _priority_line(priority: dict[str, Any] | None) -> str:
+    if not priority:
+        return "- Scheduling priority: not recorded."
+    if priority["got"] == priority["asked"]:
+        return (
+            f"- The bench and its service ran at nice {priority['got']} (other processes at 0), "
+            "so other work on this shared machine distorts the figures less; see the CPU "
+            "section for what others still took."
+        )
+    return f"- Scheduling priority: asked nice {priority['asked']}, ran at {priority['got']}."
 
 
 def _cpu_lines(results: dict[str, Any]) -> list[str]:

@@ -18,7 +18,7 @@ def test_quick_bench_writes_the_report(
 ) -> None:
     cmd = [
         sys.executable, "-m", "loadtest", "bench", "--quick", "--bundle", str(tiny_bundle),
-        "--images", str(flickr8k_dir), "--out-dir", str(tmp_path), "--no-profile",
+        "--images", str(flickr8k_dir), "--out-dir", str(tmp_path), "--no-profile", "--nice", "0",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
