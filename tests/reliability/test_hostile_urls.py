@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 MAX_UPLOAD = 1_000_000
 TOTAL_TIMEOUT_S = 2.0
-WAVES = 3
+WAVES = 2
 EXPECTED = {
     "/endless": {(413, "url_too_large")},
     "/trickle": {(504, "url_timeout")},

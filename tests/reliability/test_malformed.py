@@ -122,7 +122,8 @@ def test_broken_http_never_gets_a_5xx(hardened: ServiceProcess, name: str) -> No
     if answer:  # uvicorn may also just close the connection
         status_line = answer.split(b"\r\n", 1)[0]
         status = int(status_line.split()[1])
-        assert 400 <= status < 500, status_line
+        lowest = 200 if name == "100 KB header" else 400  # big but valid: may be served
+        assert lowest <= status < 500, status_line
 
 
 async def _concurrent_garbage(url: str, bodies: list[bytes]) -> list[int]:

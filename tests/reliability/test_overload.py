@@ -1,12 +1,13 @@
 """Overload at twice the measured capacity, against ``python -m service`` (its own process).
 
 The capacity is measured first (closed loop, no rejections); then an open-loop Poisson load at
-2x capacity runs for ``OVERLOAD_S`` (CI) or 60 s (``slow``). What a user must see: the excess
-refused at once with 503 ``overloaded`` + ``Retry-After`` (p95 below the accepted requests'
-median; p99 < 50 ms in the 60 s variant, meant for a quiet machine; in CI, where the 2 cores are
-shared with the load generator and whatever else runs, p50 < 200 ms and p99 < 1 s),
-every accepted request answered 200 within its deadline (no 504, no 5xx), the server still
-serving near capacity, and its RSS within 10% of the warmed-up value.
+2x capacity runs for 12 s (CI) or 60 s (``slow``), on a test bundle whose encoder makes the model
+the bottleneck. What a user must see: the excess refused at once with 503 ``overloaded`` and
+``Retry-After`` (median under half the accepted requests' median; p99 < 50 ms in the 60 s
+variant, meant for a quiet machine; in CI, where the 2 cores are shared with the load generator
+and whatever else runs, p50 < 200 ms and p99 < 1 s), every accepted request answered 200 within
+its deadline (no 504, no 5xx), the server still serving near capacity, and its RSS within 10% of
+the warmed-up value.
 """
 
 from __future__ import annotations
@@ -109,9 +110,9 @@ def _check_overload(
     assert out["retry_after"] and all(int(v) >= 1 for v in out["retry_after"])
     reject_ms = np.percentile([r.latency for r in rejected], [50, 95, 99]) * 1000
     accept_p50_ms = float(np.percentile([r.latency for r in accepted], 50)) * 1000
-    # refusing costs next to nothing: faster than any queued answer, and fast in absolute terms
+    # refusing costs next to nothing: faster than a queued answer, and fast in absolute terms
     # (the p99 bound has headroom for a 2-core CI machine shared with the load generator)
-    assert reject_ms[1] < accept_p50_ms, (reject_ms, accept_p50_ms)
+    assert reject_ms[0] < accept_p50_ms / 2, (reject_ms, accept_p50_ms)
     assert reject_ms[0] < p99_bound_ms / 5, reject_ms
     assert reject_ms[2] < p99_bound_ms, reject_ms
     assert max(r.latency for r in accepted) < DEADLINE_S

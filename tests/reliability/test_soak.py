@@ -26,7 +26,7 @@ from tests.service import images
 pytestmark = pytest.mark.e2e
 
 ROUNDS = 5
-WARMUP = 300
+WARMUP = 200
 
 
 @pytest.fixture(scope="module")
