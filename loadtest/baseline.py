@@ -9,9 +9,10 @@ One image at a time, no batching:
    take the argmax at the last real position. The whole prefix is recomputed for every word.
 
 The Keras models are rebuilt from the bundle: the decoder from ``manifest.training["config"]
-["model"]`` + ``decoder.keras.weights.h5`` (``training.model.build_training_model``), the encoder
-from ``training.encoders.build_encoder`` with the run's encoder settings. Same weights as the
-ONNX graphs the service runs, so greedy captions agree.
+["model"]`` + ``decoder.keras.weights.h5`` (``training.model.build_training_model``; when the
+bundle lacks that file, the named training run's ``best.weights.h5``), the encoder from
+``training.encoders.build_encoder`` with the run's encoder settings. Same weights as the ONNX
+graphs the service runs, so greedy captions agree: the bench checks that they do.
 
 When a bundle has no Keras weights (e.g. the tiny test bundle), ``OnnxPrefixBaseline`` keeps the
 naive *algorithm* on the bundle's own ONNX graphs: encoder at batch 1, and the step decoder re-run
@@ -31,6 +32,8 @@ import numpy as np
 from service.imaging import preprocess_file_bytes
 from service.manifest import Manifest, load_manifest
 from service.vocabulary import Vocabulary
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class NaivePipeline(Protocol):
@@ -116,17 +119,35 @@ class OnnxPrefixBaseline:
         return model.vocab.decode(sequence[1:])
 
 
+def keras_weights(bundle_dir: Path, manifest: Manifest) -> tuple[Path, str] | None:
+    """Where the Keras decoder weights are: the bundle's ``decoder.keras.weights.h5``, else the
+    training run it names (``manifest.training.config.run_dir``, relative to the repository)
+    when that still holds ``best.weights.h5``. ``None`` when neither exists."""
+    config = manifest.training.get("config")
+    if not isinstance(config, dict) or "model" not in config:
+        return None
+    name = manifest.training.get("keras_weights_file")
+    if name and (bundle_dir / str(name)).is_file():
+        return bundle_dir / str(name), "bundle"
+    run_dir = config.get("run_dir")
+    if run_dir:
+        run = Path(run_dir) if Path(run_dir).is_absolute() else REPO_ROOT / str(run_dir)
+        if (run / "best.weights.h5").is_file():
+            return run / "best.weights.h5", f"training run {run_dir}"
+    return None
+
+
 def load_baseline(bundle_dir: Path) -> NaivePipeline:
-    """The Keras baseline when the bundle carries Keras weights and config, else the ONNX one."""
+    """The Keras baseline when Keras weights can be found (see ``keras_weights``), else the ONNX
+    one. Whether the weights are the bundle's is checked by comparing captions (``measure``)."""
     bundle_dir = Path(bundle_dir)
     manifest = load_manifest(bundle_dir)
-    weights_name = manifest.training.get("keras_weights_file")
-    config = manifest.training.get("config")
-    if weights_name and isinstance(config, dict) and "model" in config:
-        weights = bundle_dir / str(weights_name)
-        if weights.is_file():
-            return KerasNaiveBaseline(bundle_dir, manifest, weights)
-    return OnnxPrefixBaseline(bundle_dir)
+    found = keras_weights(bundle_dir, manifest)
+    if found is None:
+        return OnnxPrefixBaseline(bundle_dir)
+    pipeline = KerasNaiveBaseline(bundle_dir, manifest, found[0])
+    pipeline.label = f"{pipeline.label} (weights from the {found[1]})"
+    return pipeline
 
 
 @dataclass(frozen=True)

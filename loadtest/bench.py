@@ -326,6 +326,15 @@ def service_phase(
     return out
 
 
+def _greedy_captions(cfg: BenchConfig, blobs: list[bytes]) -> list[str]:
+    """What the ONNX model says greedily for these images (to check the baseline's weights)."""
+    from service.runtime import CaptionModel
+
+    model = CaptionModel.load(cfg.bundle_dir)
+    x = np.stack([model.preprocess(b) for b in blobs])
+    return [c[0].text for c in model.caption_images(x, [model.request()] * len(blobs))]
+
+
 # --- the whole run ----------------------------------------------------------------------------
 
 
@@ -374,6 +383,10 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     baseline = load_baseline(cfg.bundle_dir)
     naive = measure(baseline, blobs[: cfg.naive_images])
     results["naive"] = naive.to_dict()
+    results["naive"]["service_captions"] = _greedy_captions(cfg, blobs[: cfg.naive_images])
+    results["naive"]["captions_match"] = sum(
+        a == b for a, b in zip(naive.captions, results["naive"]["service_captions"], strict=True)
+    )
     print(f"  {naive.label}: {naive.throughput:.3f} img/s", flush=True)
     results["ratios"] = benchdoc.ratios(results)
     return results
