@@ -102,18 +102,16 @@ def test_sigterm_under_load_loses_nothing(
     assert isinstance(signalled, float) and isinstance(exited, float)
     outcomes: list[Outcome] = out["outcomes"]  # type: ignore[assignment]
     readiness: list[tuple[float, int, str]] = out["readiness"]  # type: ignore[assignment]
-    before = [o for o in outcomes if o.sent < signalled]
+    # 0 lost: every request got an HTTP answer, a caption or a refusal (503 not_ready), except
+    # those that could not connect at all once the process was gone; no reset, no other 5xx
+    for o in outcomes:
+        assert (o.status, o.code) in {(200, None), (503, "not_ready"), (0, "ConnectError")}, o
+        if o.status != 200:
+            assert o.sent > signalled - 0.25, o  # (a request started just before the signal
+            # may reach the server after it: refused, not lost)
+    before = [o for o in outcomes if o.sent < signalled - 0.25]
     during = [o for o in outcomes if signalled <= o.sent]
-    # 0 lost: everything sent before the signal was answered with a caption
-    assert before and all(o.status == 200 for o in before), [o for o in before if o.status != 200]
-    # after it: captioned (accepted before the refusals began), refused with 503 not_ready while
-    # draining, or no connection at all once the process is gone; never a reset or a 5xx
-    for o in during:
-        assert o.status in (200, 503, 0), o
-        if o.status == 503:
-            assert o.code == "not_ready", o
-        if o.status == 0:
-            assert o.code == "ConnectError", o  # refused, not reset mid-request
+    assert len(before) > 30 and all(o.status == 200 for o in before)
     assert any(o.status == 503 for o in during), "no request was refused while draining"
     # readiness dropped first: /readyz said 503 draining while the server still answered
     drops = [t for t, status, phase in readiness if status == 503 and phase == "draining"]
