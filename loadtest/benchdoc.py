@@ -328,9 +328,11 @@ def _priority_line(priority: dict[str, Any] | None) -> str:
     if not priority:
         return "- Scheduling priority: not recorded."
     if priority["got"] == priority["asked"]:
+        group = priority.get("autogroup")
+        where = f" (and session autogroup nice {group})" if group is not None else ""
         return (
-            f"- The bench and its service ran at nice {priority['got']} (other processes at 0), "
-            "so other work on this shared machine distorts the figures less; see the CPU "
+            f"- The bench and its service ran at nice {priority['got']}{where}, other processes "
+            "at 0, so other work on this shared machine distorts the figures less; see the CPU "
             "section for what others still took."
         )
     return f"- Scheduling priority: asked nice {priority['asked']}, ran at {priority['got']}."
