@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--evaluate",
         action="store_true",
         help="after writing, score the bundle on the test split (beam search) and store the "
-        "metrics in manifest.json",
+        "metrics in manifest.json (with --quantize, the int8 encoder too: metrics.test_int8)",
     )
     arg("--eval-beam-size", type=int, default=3, help="beam size for --evaluate (default: 3)")
     arg("--eval-limit", type=int, help="evaluate on the first N test images only (default: all)")
@@ -105,9 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def evaluate(
-    bundle: Path, data_dir: Path, beam_size: int, limit: int | None, out: Path | None = None
+    bundle: Path,
+    data_dir: Path,
+    beam_size: int,
+    limit: int | None,
+    out: Path | None = None,
+    *,
+    int8: bool = False,
 ) -> dict[str, Any]:
-    """Score ``bundle`` on the test split with ``training.evaluate``; return its summary.
+    """Score ``bundle`` (its int8 encoder with ``int8``) on the test split with
+    ``training.evaluate``; return its summary.
 
     Kept for the manifest: split, metrics, BLEU-4 bootstrap interval, counts and settings
     (machine-specific paths and timings dropped).
@@ -120,6 +127,8 @@ def evaluate(
         argv += ["--out", tmp, "--data-dir", str(data_dir)]
         if limit is not None:
             argv += ["--limit", str(limit)]
+        if int8:
+            argv += ["--int8"]
         code = evaluation.main(argv)
         if code != 0:
             raise RuntimeError(f"evaluation failed with exit code {code}")
@@ -167,6 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = evaluate(bundle, data_dir, args.eval_beam_size, args.eval_limit, args.eval_out)
         record_metrics(bundle, {"test": summary})
         log.info("test metrics: %s", summary.get("metrics", summary))
+        if options.quantize:
+            int8_out = None if args.eval_out is None else args.eval_out / "int8"
+            int8_summary = evaluate(
+                bundle, data_dir, args.eval_beam_size, args.eval_limit, int8_out, int8=True
+            )
+            record_metrics(bundle, {"test_int8": int8_summary})
+            log.info("test metrics, int8 encoder: %s", int8_summary.get("metrics"))
     return 0
 
 

@@ -77,6 +77,9 @@ def test_evaluation_metrics_are_stored_in_the_manifest(exported: Path) -> None:
     for key in ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "nltk_bleu_4"):
         assert test["metrics"][key] >= 0.0
     assert (exported.parent / "eval" / "captions.jsonl").is_file()
+    int8 = load_manifest(exported).metrics["test_int8"]
+    assert int8["settings"]["int8"] is True and int8["counts"]["images"] == 8
+    assert (exported.parent / "eval" / "int8" / "captions.jsonl").is_file()
 
 
 def test_parity_holds_on_the_real_encoder(exported: Path) -> None:
