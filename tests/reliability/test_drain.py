@@ -13,6 +13,7 @@ import json
 import signal
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -32,6 +33,19 @@ class Outcome:
     sent: float
     status: int  # 0: no HTTP answer (connection refused or reset)
     code: str | None = None
+
+
+def _shutdown_seconds(log: str) -> float:
+    """From the SIGTERM log line to uvicorn's "Finished server process" (the server's own clock;
+    the interpreter's teardown after it is not the service's doing)."""
+    stamps: dict[str, datetime] = {}
+    for line in log.splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            for key in ("signal SIGTERM", "Finished server process"):
+                if entry["message"].startswith(key):
+                    stamps[key] = datetime.fromisoformat(entry["ts"])
+    return (stamps["Finished server process"] - stamps["signal SIGTERM"]).total_seconds()
 
 
 async def _one(client: httpx.AsyncClient, jpeg: bytes, t0: float) -> Outcome:
@@ -120,7 +134,8 @@ def test_sigterm_under_load_loses_nothing(
     assert all(s == 200 for t, s, _ in readiness if t < signalled)
     # it exited cleanly within the drain timeout
     assert proc.process.returncode == 0
-    assert exited - signalled < DRAIN_TIMEOUT_S + 2.0, (signalled, exited)
+    assert _shutdown_seconds(proc.log()) < DRAIN_TIMEOUT_S + 1.0
+    assert exited - signalled < DRAIN_TIMEOUT_S + 10.0, (signalled, exited)
     log = [json.loads(x) for x in proc.log().splitlines() if x.startswith("{")]
     messages = [entry["message"] for entry in log]
     assert "draining" in messages and "drained" in messages
@@ -162,7 +177,8 @@ def test_drain_timeout_bounds_the_exit_and_leftovers_get_an_answer(
 
     outcomes, signalled, exited = asyncio.run(scenario())
     assert proc.process.returncode == 0
-    assert exited - signalled < 1.0 + 4.0  # drain timeout + interpreter teardown on a busy box
+    assert _shutdown_seconds(proc.log()) < 1.0 + 1.0
+    assert exited - signalled < 1.0 + 10.0  # + interpreter teardown on a busy box
     statuses = {(o.status, o.code) for o in outcomes}
     assert statuses <= {(200, None), (503, "not_ready")}, statuses
     assert (200, None) in statuses and (503, "not_ready") in statuses
