@@ -132,28 +132,38 @@ def pca_figure(model: CaptionModel, data_dir: Path, out: Path, limit: int = 1000
     return out
 
 
-def bench(bundle: Path, paths: Sequence[Path], batch: int, rounds: int) -> dict[str, Any]:
-    """Captions per second through ``CaptionModel.caption_images`` (encode + decode)."""
-    model = CaptionModel.load(bundle, intra_op_threads=2)
-    images = _images(model, paths[:batch])
-    result: dict[str, Any] = {
-        "bundle": str(bundle),
-        "architecture": model.manifest.decoder.architecture,
-    }
+def bench(
+    bundles: Sequence[Path], paths: Sequence[Path], batch: int, rounds: int
+) -> list[dict[str, Any]]:
+    """Captions per second through ``CaptionModel.caption_images`` (encode + decode), median of
+    ``rounds`` batches; the bundles take turns round by round, so that other load on the machine
+    falls on all of them alike."""
+    models = [CaptionModel.load(b, intra_op_threads=2) for b in bundles]
+    images = [_images(m, paths[:batch]) for m in models]
+    times: dict[tuple[int, int], list[float]] = {}
     for beam in (1, 3):
-        requests = [model.request(beam_size=beam)] * len(images)
-        model.caption_images(images, requests)  # warm-up
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            model.caption_images(images, requests)
-            times.append(time.perf_counter() - start)
-        median = float(np.median(times))
-        result[f"beam_{beam}"] = {
-            "captions_per_s": round(len(images) / median, 1),
-            "batch_ms": round(1000 * median, 1),
+        for i, model in enumerate(models):  # warm-up
+            model.caption_images(images[i], [model.request(beam_size=beam)] * len(images[i]))
+        for _ in tqdm(range(rounds), desc=f"beam {beam}", unit="round"):
+            for i, model in enumerate(models):
+                requests = [model.request(beam_size=beam)] * len(images[i])
+                start = time.perf_counter()
+                model.caption_images(images[i], requests)
+                times.setdefault((i, beam), []).append(time.perf_counter() - start)
+    table = []
+    for i, (bundle, model) in enumerate(zip(bundles, models, strict=True)):
+        row: dict[str, Any] = {
+            "bundle": str(bundle),
+            "architecture": model.manifest.decoder.architecture,
         }
-    return result
+        for beam in (1, 3):
+            median = float(np.median(times[(i, beam)]))
+            row[f"beam_{beam}"] = {
+                "captions_per_s": round(len(images[i]) / median, 1),
+                "batch_ms": round(1000 * median, 1),
+            }
+        table.append(row)
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(pca_figure(model, data_dir, args.out / "feature-pca.png", args.pca_images))
         return 0
     paths = [folder / n for n in names[: args.batch_size]]
-    table = [bench(b, paths, args.batch_size, args.rounds) for b in args.bundle]
+    table = bench(args.bundle, paths, args.batch_size, args.rounds)
     print(json.dumps(table, indent=2))
     return 0
 
