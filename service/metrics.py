@@ -17,7 +17,8 @@ caption_batch_size                          histogram  images per model batch
 caption_inference_duration_seconds{stage}   histogram  ``encode`` / ``decode`` time per batch
 caption_preprocess_duration_seconds         histogram  decode + resize + normalise, per image
 caption_rejected_total{reason}              counter    queue_full, timeout, cancelled, invalid,
-                                                       draining, not_ready, url, too_large
+                                                       draining, not_ready, url, too_large,
+                                                       unauthorized, rate_limited
 caption_url_fetch_duration_seconds          histogram  URL downloads (success or not)
 caption_model_info{name,version,provider}   gauge      1 for the loaded model
 caption_ready                               gauge      1 when warmed up and accepting work
