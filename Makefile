@@ -9,7 +9,7 @@ RUN_DIR ?= runs/default
 BUNDLE_DIR ?= models/default
 PYTEST_ARGS ?=
 
-.PHONY: help install install-serve serve test check lint typecheck features train export model model-attention bench clean
+.PHONY: help install install-serve serve test test-deps check lint typecheck features train export model model-attention bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,7 +27,10 @@ install-serve: $(VENV)/bin/python ## install only what serving needs (no TensorF
 serve: install-serve ## install and start the service on models/default (http://127.0.0.1:8000)
 	$(PY) -m service
 
-test: install ## install and run the test suite
+test-deps: ## system packages the tests drive (Java, Chromium, promtool, playwright-core)
+	scripts/test-deps.sh
+
+test: install test-deps ## install and run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 check: install ## ruff + mypy
