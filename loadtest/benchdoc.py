@@ -240,8 +240,10 @@ def write(path: Path, results: dict[str, Any], *, quick: bool) -> Path:
         f"Conv/MatMul/Gemm, counted with ONNX shape inference at batch 1; "
         f"{roof['encoder_macs_by_op']}); decoder {roof['decoder_mflops_per_step']:.2f} MFLOP "
         "per step.",
-        f"- Peak: {roof['peak_gflops']:.1f} GFLOP/s (float32 NumPy 2048 x 2048 matmul, best of "
-        "2 x 10 runs: before and after the offline phase).",
+        f"- Peak: {roof['peak_gflops']:.1f} GFLOP/s, the better of a large float32 matmul "
+        f"in ONNX Runtime ({roof.get('peak_gflops_onnxruntime', 0):.1f}, its MLAS kernels) and "
+        f"in NumPy ({roof.get('peak_gflops_numpy', 0):.1f}, best of 2 x 10 runs); NumPy's BLAS "
+        "may not use this CPU's widest vector units.",
         f"- Encoder alone at its best batch: {roof['encoder_achieved_gflops']:.1f} GFLOP/s = "
         f"{roof['encoder_fraction_of_peak']:.1%} of peak; the whole offline pipeline's images/s "
         f"puts the encoder at {roof['pipeline_encoder_fraction_of_peak']:.1%}.",
@@ -342,6 +344,25 @@ def _cpu_lines(results: dict[str, Any]) -> list[str]:
     cpu = results.get("cpu")
     if not cpu:
         return []
+    waits = []
+    for frac, step in results["service"]["levels"].items():
+        w = step.get("cpu_wait")
+        if w:
+            waits.append(
+                f"| {float(frac):.0%} | {w['service']['cpu_s']:.1f} | "
+                f"{w['service']['waited_for_cpu_s']:.1f} | {w['generator']['cpu_s']:.1f} | "
+                f"{w['generator']['waited_for_cpu_s']:.1f} |"
+            )
+    wait_table = [
+        "Time the service's and the generator's threads spent on a CPU and runnable but "
+        "waiting for one (`/proc/PID/task/*/schedstat`) during each load level of (b), in "
+        f"seconds of a {results['config']['level_s']:g} s step:",
+        "",
+        "| load | service on CPU | service waiting | generator on CPU | generator waiting |",
+        "|---|---|---|---|---|",
+        *waits,
+        "",
+    ]
     parts = [
         f"whole run: machine busy {cpu['machine_busy_share']:.0%}, other processes "
         f"{cpu['others_share']:.0%}"
@@ -356,9 +377,10 @@ def _cpu_lines(results: dict[str, Any]) -> list[str]:
         "### CPU shared with other processes",
         "",
         "Share of the machine's CPU time (all cores) used by processes outside this benchmark "
-        "and its service: " + "; ".join(parts) + ". Anything above a few percent lowers every "
-        "figure here.",
+        "and its service: " + "; ".join(parts) + ". They take what the bench leaves idle, and "
+        "also compete with it: waiting time below is the cost.",
         "",
+        *(wait_table if waits else []),
     ]
 
 

@@ -96,3 +96,33 @@ def measure_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
         np.matmul(a, b)
         best = min(best, time.perf_counter() - start)
     return 2.0 * n**3 / best / 1e9
+
+
+def measure_peak_gflops_ort(n: int = 2048, repeats: int = 10) -> float:
+    """Best GFLOP/s of an ``n x n`` float32 MatMul in ONNX Runtime (its MLAS kernels, all cores):
+    the peak the encoder's own runtime can reach (NumPy's BLAS may not know this CPU)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "peak",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(
+        model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(0)
+    feed = {k: rng.standard_normal((n, n), dtype=np.float32) for k in ("a", "b")}
+    session.run(None, feed)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best / 1e9

@@ -139,3 +139,17 @@ class CpuMeter:
             "own_share": own / span if span else 0.0,
             "others_share": max(0.0, machine - own) / span if span else 0.0,
         }
+
+
+def schedstat(pid: int | str = "self") -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) summed over a process's
+    threads, from ``/proc/PID/task/*/schedstat``; (0, 0) where the kernel does not offer it."""
+    on_cpu = waiting = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            fields = stat.read_text().split()
+        except OSError:
+            continue  # a thread that just exited
+        on_cpu += int(fields[0])
+        waiting += int(fields[1])
+    return on_cpu / 1e9, waiting / 1e9
