@@ -140,11 +140,11 @@ class ServiceState:
 
     @property
     def max_pending(self) -> int:
-        """Images that may be accepted and unanswered at once: the queue, the running batches,
-        the decode threads and the URL downloads."""
+        """Images that may be accepted and unanswered at once: the queue, the running batches
+        and one per decode thread. (Counting more would let requests in that can only be
+        decoded and then refused at the full queue: the expensive way to say 503.)"""
         s = self.settings
-        running = s.max_batch_size * s.max_concurrent_batches
-        return s.queue_size + running + s.decode_threads + s.url_fetch_concurrency
+        return s.queue_size + s.max_batch_size * s.max_concurrent_batches + s.decode_threads
 
     @contextlib.asynccontextmanager
     async def admitted(self, count: int = 1) -> AsyncIterator[None]:
