@@ -136,6 +136,7 @@ def test_fuzzing_ran_enough_cases_and_left_the_server_healthy(
     fuzz_server: ServiceProcess, jpeg: bytes
 ) -> None:
     """Runs after the fuzz cases of this module."""
+    print("schemathesis cases", sum(CALLS.values()), dict(CALLS))
     assert sum(CALLS.values()) >= MIN_CASES, dict(CALLS)
     assert_healthy(fuzz_server.url, jpeg)
     assert server_errors(fuzz_server.url) == {}
