@@ -56,7 +56,7 @@ TRAIN_MODEL := $(PY) -m training train --data-dir $(DATA_DIR) --resume
 
 model: install ## reproduce models/default: train 3 decoders, export the ensemble, score on test
 	$(TRAIN_MODEL) --run-dir $(MODEL_RUNS)/add
-	$(TRAIN_MODEL) --run-dir $(MODEL_RUNS)/add-ls --label-smoothing 0.1 --epochs 16 --patience 2
+	$(TRAIN_MODEL) --run-dir $(MODEL_RUNS)/add-ls --label-smoothing 0.1 --epochs 13 --patience 2
 	$(TRAIN_MODEL) --run-dir $(MODEL_RUNS)/concat-ls --merge concat --label-smoothing 0.1 \
 		--seed 7 --epochs 12 --patience 2
 	$(PY) -m export --run-dir $(MEMBERS) --out $(BUNDLE_DIR) --name default --force \
