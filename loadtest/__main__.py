@@ -39,7 +39,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-images", type=int, default=None, help="use only the first N images")
     p.add_argument("--arrivals", choices=("poisson", "constant"), default="poisson")
     p.add_argument("--timeout", type=float, default=30.0, help="client timeout per request (s)")
-    p.add_argument("--max-connections", type=int, default=256)
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=generator.MAX_CONNECTIONS,
+        help="client connection cap; must exceed what the server can hold in open loop",
+    )
     p.add_argument(
         "--client",
         choices=("raw", "httpx"),

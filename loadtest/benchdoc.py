@@ -274,6 +274,14 @@ def write(path: Path, results: dict[str, Any], *, quick: bool) -> Path:
             *_level_rows(block),
             "",
         ]
+        over_client = block["levels"]["2"].get("client", {})
+        if over_client:
+            lines += [
+                f"At 2x the generator held up to {over_client['peak_in_flight']} requests in "
+                f"flight (connection limit {over_client['max_connections']}"
+                f"{', REACHED' if over_client['connection_limited'] else ', not reached'}).",
+                "",
+            ]
     lines += [
         "503 p99 is measured from the actual send (time to be told no); p50/p99 of accepted "
         "requests from the scheduled send. Raw numbers: `benchmarks.json`.",

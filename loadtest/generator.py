@@ -51,16 +51,24 @@ class Target:
 
 
 ClientKind = Literal["raw", "httpx"]
+MAX_CONNECTIONS = 4096
+"""Open loop needs more connections than the server can hold (queue + batches + decoding), or
+the client itself caps the load and hides the server's overload behaviour (503s)."""
 
 
 class LoadClient:
     """Sends the load (``raw``: ``loadtest.rawhttp``, lean; or ``httpx``) and, always through
     httpx, scrapes ``/metrics``. One per run; ``async with`` closes both."""
 
-    def __init__(self, target: Target, kind: ClientKind = "raw", max_connections: int = 256):
+    def __init__(
+        self, target: Target, kind: ClientKind = "raw", max_connections: int = MAX_CONNECTIONS
+    ):
         if kind == "raw" and not target.base_url.startswith("http://"):
             kind = "httpx"  # the lean client speaks plain HTTP only (https: httpx)
         self.kind = kind
+        self.max_connections = max_connections
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.http = httpx.AsyncClient(
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=64, keepalive_expiry=2.0
@@ -74,6 +82,14 @@ class LoadClient:
         self._path = urlsplit(target.url).path
 
     async def post(self, target: Target, request: PreparedRequest) -> tuple[int, bytes]:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._post(target, request)
+        finally:
+            self.in_flight -= 1
+
+    async def _post(self, target: Target, request: PreparedRequest) -> tuple[int, bytes]:
         if self._raw is not None:
             response = await self._raw.post(self._path, request.content, request.headers)
             return response.status, response.body
@@ -89,7 +105,9 @@ class LoadClient:
         await self.http.aclose()
 
 
-def make_client(target: Target, kind: ClientKind = "raw", max_connections: int = 256) -> LoadClient:
+def make_client(
+    target: Target, kind: ClientKind = "raw", max_connections: int = MAX_CONNECTIONS
+) -> LoadClient:
     return LoadClient(target, kind, max_connections)
 
 
@@ -190,6 +208,7 @@ async def open_loop(
     """Send at ``rate`` per second for ``duration_s``, then wait for the stragglers."""
     offsets = arrival_offsets(rate, duration_s, arrivals, seed=seed)
     before = await _scrape(client, target)
+    client.peak_in_flight = client.in_flight
     loop = asyncio.get_running_loop()
     t0 = loop.time() + 0.005
     tasks: list[asyncio.Task[RequestRecord]] = []
@@ -205,6 +224,11 @@ async def open_loop(
             tasks.append(task)
         records = await _gather_bounded(tasks, offsets, t0, grace_s=target.timeout_s + 5.0)
     step = StepResult("open", duration_s, records, offered_rate=rate, arrivals=arrivals)
+    step.client = {
+        "peak_in_flight": client.peak_in_flight,
+        "max_connections": client.max_connections,
+        "connection_limited": client.peak_in_flight >= client.max_connections,
+    }
     return await _with_metrics(client, target, step, before)
 
 

@@ -62,6 +62,9 @@ class StepResult:
     offered_rate: float | None = None
     arrivals: str | None = None
     concurrency: int | None = None
+    client: dict[str, Any] = field(default_factory=dict)
+    """Generator-side facts: peak requests in flight, whether the connection limit was hit
+    (then latency includes waiting for a connection)."""
     server: dict[str, Any] = field(default_factory=dict)
     """``promscrape.summarise_delta`` of /metrics scraped before and after the step."""
 
@@ -94,6 +97,7 @@ class StepResult:
             "rejected_503_latency_ms": percentiles_ms([r.latency for r in rejected], (50, 99)),
             "rejected_503_service_ms": percentiles_ms([r.service_time for r in rejected], (50, 99)),
             "send_lag_ms": percentiles_ms(lags, (50, 99, 100)),
+            "client": self.client,
             "server": self.server,
         }
         return out
