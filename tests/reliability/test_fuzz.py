@@ -19,6 +19,10 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
+import schemathesis.specs.openapi.schemas  # noqa: F401  (import now, not inside a fixture:
+
+# CPython 3.11 can raise "AST constructor recursion depth mismatch" when pytest rewrites
+# schemathesis' lazily imported modules deep in a busy process)
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
