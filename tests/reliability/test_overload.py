@@ -3,9 +3,10 @@
 The capacity is measured first (closed loop, no rejections); then an open-loop Poisson load at
 2x capacity runs for 12 s (CI) or 60 s (``slow``), on a test bundle whose encoder makes the model
 the bottleneck. What a user must see: the excess refused at once with 503 ``overloaded`` and
-``Retry-After`` (median under half the accepted requests' median; p99 < 50 ms in the 60 s
-variant, meant for a quiet machine; in CI, where the 2 cores are shared with the load generator
-and whatever else runs, p50 < 200 ms and p99 < 1 s), every accepted request answered 200 within
+``Retry-After`` (median under half the accepted requests' median; p50 < 25 ms and p99 < 50 ms
+in the 60 s variant, meant for a quiet machine; in CI, where the 2 cores are shared with the
+load generator and whatever else runs, p50 < 200 ms and p99 < 1 s), every accepted request
+answered 200 within
 its deadline (no 504, no 5xx), the server still serving near capacity, and its RSS within 10% of
 the warmed-up value.
 """
@@ -113,11 +114,11 @@ def _check_overload(
     # refusing costs next to nothing: faster than a queued answer, and fast in absolute terms
     # (the p99 bound has headroom for a 2-core CI machine shared with the load generator)
     assert reject_ms[0] < accept_p50_ms / 2, (reject_ms, accept_p50_ms)
-    assert reject_ms[0] < p99_bound_ms / 5, reject_ms
+    assert reject_ms[0] < (25 if p99_bound_ms <= 50 else 200), reject_ms
     assert reject_ms[2] < p99_bound_ms, reject_ms
     assert max(r.latency for r in accepted) < DEADLINE_S
     # still serving near capacity (CI: the other processes' share of the 2 cores moves too)
-    assert summary["throughput"] >= (0.7 if p99_bound_ms <= 50 else 0.4) * out["capacity"]
+    assert summary["throughput"] >= (0.6 if p99_bound_ms <= 50 else 0.4) * out["capacity"]
     assert out["rss_after"] < 1.10 * out["rss_warm"]
     assert_healthy(proc.url, pool.requests[0].content)
     assert server_errors(proc.url, allowed=frozenset({"503"})) == {}
