@@ -1,0 +1,131 @@
+"""The shipped model, end to end: ``python -m service`` with its defaults serves ``models/default``
+over real HTTP, and its captions of real Flickr8k test images name what the images show.
+
+The images are chosen by their human references, not by the model's output: photos whose five
+references all mention a dog, and photos whose five references all mention a person and none an
+animal. Content is checked by words, never by exact strings, so a retrained model passes as
+long as it is sensible.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.manifest import load_manifest, verify_files
+from training.data import load_captions, load_split
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = REPO_ROOT / "models" / "default"
+DOG = re.compile(r"\b(dog|dogs|puppy|puppies)\b")
+PERSON = re.compile(
+    r"\b(man|men|woman|women|boy|boys|girl|girls|person|people|child|children|kid|kids|"
+    r"player|players|rider|biker|skier|surfer|climber|snowboarder|skateboarder|crowd|team)\b"
+)
+ANIMAL = re.compile(r"\b(dog|dogs|puppy|cat|horse|animal|bird|cow|sheep|bull)\b")
+
+
+def _pick(
+    data_dir: Path, count: int, every: re.Pattern[str], no: re.Pattern[str] | None
+) -> list[str]:
+    captions = load_captions(data_dir)
+    chosen = [
+        name
+        for name in load_split(data_dir, "test")
+        if all(every.search(c) for c in captions[name])
+        and not (no and any(no.search(c) for c in captions[name]))
+    ]
+    return chosen[:count]
+
+
+@pytest.fixture(scope="module")
+def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m service`` with no bundle setting (so the default, models/default)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTION_")}
+    env.update(CAPTION_HOST="127.0.0.1", CAPTION_PORT=str(port))
+    log_path = tmp_path_factory.mktemp("service") / "service.log"
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            cwd=tmp_path_factory.mktemp("cwd"),  # the default bundle must not depend on the cwd
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"service exited: {log_path.read_text(errors='replace')}")
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"service not ready: {log_path.read_text(errors='replace')}")
+                time.sleep(0.2)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _caption(url: str, path: Path) -> str:
+    response = httpx.post(
+        f"{url}/caption",
+        content=path.read_bytes(),
+        headers={"content-type": "image/jpeg"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    text: str = response.json()["caption"]
+    assert 2 <= len(text.split()) <= 25 and "<" not in text
+    return text
+
+
+def test_dog_photos_are_captioned_as_dogs(service_url: str, flickr8k_dir: Path) -> None:
+    names = _pick(flickr8k_dir, 6, DOG, None)
+    captions = {n: _caption(service_url, flickr8k_dir / "images" / n) for n in names}
+    named = [n for n, text in captions.items() if DOG.search(text)]
+    assert len(named) >= 5, captions
+
+
+def test_people_photos_are_captioned_as_people(service_url: str, flickr8k_dir: Path) -> None:
+    names = _pick(flickr8k_dir, 5, PERSON, ANIMAL)
+    captions = {n: _caption(service_url, flickr8k_dir / "images" / n) for n in names}
+    named = [n for n, text in captions.items() if PERSON.search(text) and not DOG.search(text)]
+    assert len(named) >= 4, captions
+
+
+def test_manifest_carries_the_test_metrics() -> None:
+    manifest = load_manifest(BUNDLE)
+    verify_files(BUNDLE, manifest)
+    total = sum(entry.bytes for entry in manifest.files.values())
+    assert total <= 40_000_000
+    test = manifest.metrics["test"]
+    assert test["split"] == "test" and test["counts"]["images"] == 1000
+    metrics = test["metrics"]
+    assert {"bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "nltk_bleu_4"} <= set(metrics)
+    assert metrics["bleu_4"] > 0.15 and metrics["cider"] > 0.4
+    low, high = test["bleu_4_ci"]["low"], test["bleu_4_ci"]["high"]
+    assert low <= metrics["bleu_4"] <= high
