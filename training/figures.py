@@ -31,10 +31,16 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, palette: bool = False) -> Path:
+    """Write ``fig`` as a PNG atomically; ``palette``: 256 colours (photos: ~4x smaller)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    fig.savefig(tmp, dpi=80)
+    if palette:
+        from PIL import Image
+
+        with Image.open(tmp) as img:
+            img.convert("RGB").quantize(256).save(tmp, optimize=True)
     os.replace(tmp, path)
     return path
 
@@ -55,18 +61,19 @@ def caption_grid(captions: Path, images: Path, out: Path, count: int = 12, cols:
     lines = captions.read_text().splitlines()
     rows = pick_evenly([json.loads(line) for line in lines if line.strip()], count)
     nrows = -(-len(rows) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 5.0 * nrows))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.0 * cols, 5.6 * nrows))
     for ax in axes.ravel():
         ax.axis("off")
     for ax, row in zip(axes.ravel(), rows, strict=False):
         with Image.open(images / row["image"]) as img:
             ax.imshow(img.convert("RGB"))
-        refs = [textwrap.fill(f"ref: {r}", 44) for r in row["references"][:2]]
-        gen = textwrap.fill(f"model: {row['caption']}", 44)
-        ax.set_title(gen, fontsize=9, fontweight="bold", loc="left")
-        ax.text(0, -0.04, "\n".join(refs), transform=ax.transAxes, fontsize=8, va="top")
-    fig.tight_layout(h_pad=3.0)
-    path = _save(fig, out)
+        gen = textwrap.fill(f"model: {row['caption']}", 46)
+        refs = "\n".join(textwrap.fill(f"ref: {r}", 52) for r in row["references"][:2])
+        ax.text(0, -0.03, gen, transform=ax.transAxes, fontsize=9, fontweight="bold", va="top")
+        below = -0.05 - 0.055 * (gen.count("\n") + 1)
+        ax.text(0, below, refs, transform=ax.transAxes, fontsize=8, va="top", color="#333333")
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.98, bottom=0.08, wspace=0.08, hspace=0.5)
+    path = _save(fig, out, palette=True)
     plt.close(fig)
     return path
 
