@@ -52,8 +52,11 @@ def keyword_of(references: Sequence[str]) -> str | None:
     return None
 
 
-def attention_figure(model: CaptionModel, paths: Sequence[Path], out: Path) -> Path:
-    """One row per image: the image, then each word of its beam-3 caption over its map."""
+def attention_figure(
+    model: CaptionModel, paths: Sequence[Path], out: Path, max_words: int = 9
+) -> Path:
+    """One row per image: the image, then each word (the first ``max_words``) of its beam-3
+    caption over its map."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +67,7 @@ def attention_figure(model: CaptionModel, paths: Sequence[Path], out: Path) -> P
     )
     grid = model.manifest.encoder.grid_size or 49
     side = int(round(grid**0.5))
-    columns = 1 + max(len(c[0].text.split()) for c in captions)
+    columns = 1 + min(max_words, max(len(c[0].text.split()) for c in captions))
     fig, axes = plt.subplots(len(paths), columns, figsize=(1.7 * columns, 1.9 * len(paths)))
     axes = np.atleast_2d(axes)
     for row, (path, caps) in enumerate(zip(paths, captions, strict=True)):
@@ -89,8 +92,10 @@ def attention_figure(model: CaptionModel, paths: Sequence[Path], out: Path) -> P
         axes[row, 0].axis("off")
     fig.suptitle("Where the attention decoder looked, word by word (beam 3, test images)")
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=72)
     plt.close(fig)
+    with Image.open(out) as drawn:  # 256-colour palette: a third of the size, same look
+        drawn.convert("RGB").quantize(colors=256).save(out, optimize=True)
     return out
 
 
