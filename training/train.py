@@ -333,9 +333,10 @@ def restore_checkpoint(ckpt: Path, run_dir: Path, model: keras.Model) -> dict[st
         raise ValueError(f"{ckpt}: optimizer state does not match the model")
     for variable, value in zip(optimizer.variables, values, strict=True):
         variable.assign(value)
-    with np.load(ckpt / "rng.npz") as saved:
-        for i, variable in enumerate(_rng_state(model)):
-            variable.assign(saved[f"arr_{i}"])
+    if (ckpt / "rng.npz").exists():  # checkpoints written before the RNG state was kept lack it
+        with np.load(ckpt / "rng.npz") as saved:
+            for i, variable in enumerate(_rng_state(model)):
+                variable.assign(saved[f"arr_{i}"])
     if (ckpt / BEST_WEIGHTS_FILE).exists():
         shutil.copy2(ckpt / BEST_WEIGHTS_FILE, run_dir / BEST_WEIGHTS_FILE)
     return state
