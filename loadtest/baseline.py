@@ -58,20 +58,28 @@ def _encoder_settings(config: dict[str, Any]) -> tuple[str, str | None, int | No
 
 
 class KerasNaiveBaseline:
-    """Tutorial-style Keras ``predict`` loop (see the module docstring)."""
+    """Tutorial-style Keras ``predict`` loop (see the module docstring).
+
+    An ensemble bundle is rebuilt member by member; each word is the argmax of the members'
+    averaged probabilities, which is what the ensemble step decoder computes.
+    """
 
     label = "Keras predict, one image at a time, prefix re-run per word"
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest, weights_file: Path) -> None:
+    def __init__(
+        self, bundle_dir: Path, manifest: Manifest, members: list[tuple[dict[str, Any], Path]]
+    ) -> None:
         from training.encoders import build_encoder
         from training.model import ModelConfig, build_training_model
 
-        config = manifest.training["config"]
         self.manifest = manifest
         self.vocab = Vocabulary.load(bundle_dir / manifest.vocab_file)
-        self.decoder = build_training_model(ModelConfig.from_dict(config["model"]))
-        self.decoder.load_weights(str(weights_file))
-        name, weights, size = _encoder_settings(config)
+        self.decoders = []
+        for config, weights_file in members:
+            decoder = build_training_model(ModelConfig.from_dict(config["model"]))
+            decoder.load_weights(str(weights_file))
+            self.decoders.append(decoder)
+        name, weights, size = _encoder_settings(members[0][0])
         self.encoder = build_encoder(name, weights=weights, input_size=size, outputs=("pooled",))
 
     def caption(self, data: bytes) -> str:
@@ -83,8 +91,13 @@ class KerasNaiveBaseline:
         for _ in range(spec.max_length - 1):
             padded = np.zeros((1, spec.max_length), dtype=np.int32)
             padded[0, : len(sequence)] = sequence
-            logits = self.decoder.predict({"image_features": features, "tokens": padded}, verbose=0)
-            token = int(np.argmax(logits[0, len(sequence) - 1]))
+            probs = np.zeros(spec.vocab_size, dtype=np.float64)
+            for decoder in self.decoders:
+                inputs = {"image_features": features, "tokens": padded}
+                logits = decoder.predict(inputs, verbose=0)[0, len(sequence) - 1]
+                shifted = np.exp(logits - logits.max())
+                probs += shifted / shifted.sum()
+            token = int(np.argmax(probs))
             if token == spec.special_tokens.end:
                 break
             sequence.append(token)
@@ -119,21 +132,42 @@ class OnnxPrefixBaseline:
         return model.vocab.decode(sequence[1:])
 
 
-def keras_weights(bundle_dir: Path, manifest: Manifest) -> tuple[Path, str] | None:
-    """Where the Keras decoder weights are: the bundle's ``decoder.keras.weights.h5``, else the
-    training run it names (``manifest.training.config.run_dir``, relative to the repository)
-    when that still holds ``best.weights.h5``. ``None`` when neither exists."""
+def _run_weights(run_dir: object) -> Path | None:
+    if not run_dir:
+        return None
+    run = Path(str(run_dir))
+    run = run if run.is_absolute() else REPO_ROOT / run
+    weights = run / "best.weights.h5"
+    return weights if weights.is_file() else None
+
+
+def keras_weights(
+    bundle_dir: Path, manifest: Manifest
+) -> tuple[list[tuple[dict[str, Any], Path]], str] | None:
+    """The Keras decoder(s) behind a bundle as ``(config, weights file)`` pairs: the bundle's
+    ``decoder.keras.weights.h5``, else the training run it names (``config.run_dir``, relative to
+    the repository) when that still holds ``best.weights.h5``; for an ensemble bundle, every
+    member's run (``manifest.training["members"]``). ``None`` when any of them is missing."""
+    members = manifest.training.get("members")
+    if isinstance(members, list) and members:
+        found: list[tuple[dict[str, Any], Path]] = []
+        for member in members:
+            config = member.get("config") if isinstance(member, dict) else None
+            weights = _run_weights(member.get("run_dir")) if isinstance(member, dict) else None
+            if not isinstance(config, dict) or "model" not in config or weights is None:
+                return None
+            found.append((config, weights))
+        runs = ", ".join(str(m["run_dir"]) for m in members)
+        return found, f"training runs {runs}"
     config = manifest.training.get("config")
     if not isinstance(config, dict) or "model" not in config:
         return None
     name = manifest.training.get("keras_weights_file")
     if name and (bundle_dir / str(name)).is_file():
-        return bundle_dir / str(name), "bundle"
-    run_dir = config.get("run_dir")
-    if run_dir:
-        run = Path(run_dir) if Path(run_dir).is_absolute() else REPO_ROOT / str(run_dir)
-        if (run / "best.weights.h5").is_file():
-            return run / "best.weights.h5", f"training run {run_dir}"
+        return [(config, bundle_dir / str(name))], "bundle"
+    weights = _run_weights(config.get("run_dir"))
+    if weights is not None:
+        return [(config, weights)], f"training run {config.get('run_dir')}"
     return None
 
 

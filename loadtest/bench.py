@@ -258,6 +258,8 @@ async def _service_run(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"env": env}
     env.setdefault("CAPTION_LOG_LEVEL", "warning")  # no access log line per request under load
+    # greedy, like the offline ceiling (a) and the naive baseline (d): the same work in each
+    env.setdefault("CAPTION_DEFAULT_BEAM_SIZE", "1")
     with ServiceProcess(cfg.bundle_dir, env=env) as svc:
         target = generator.Target(svc.base_url, timeout_s=60.0)
         async with generator.make_client(target) as client:
