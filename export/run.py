@@ -25,7 +25,7 @@ KERAS_MODEL_RECIPE = (
 )
 
 
-def _encoder_settings(config: dict[str, Any]) -> tuple[str, str | None, int | None]:
+def encoder_settings(config: dict[str, Any]) -> tuple[str, str | None, int | None]:
     """(name, weights, input_size) of the encoder the run's features came from."""
     encoder = config.get("encoder", "efficientnet_lite0")
     if isinstance(encoder, dict):
@@ -83,7 +83,7 @@ def history_summary(run_dir: Path) -> dict[str, Any]:
 def sources_from_run(run_dir: Path) -> ExportSources:
     """Load the run's best decoder and rebuild its encoder."""
     run = load_run(run_dir)
-    name, weights, input_size = _encoder_settings(run.config)
+    name, weights, input_size = encoder_settings(run.config)
     info = encoder_info(name, weights=weights, input_size=input_size)
     if info.feature_dim != run.model_config.feature_dim:
         raise ValueError(

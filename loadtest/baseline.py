@@ -42,21 +42,6 @@ class NaivePipeline(Protocol):
     def caption(self, data: bytes) -> str: ...
 
 
-def _encoder_settings(config: dict[str, Any]) -> tuple[str, str | None, int | None]:
-    encoder = config.get("encoder", "efficientnet_lite0")
-    if isinstance(encoder, dict):
-        name = str(encoder.get("name", "efficientnet_lite0"))
-        weights = encoder.get("weights", config.get("weights", "imagenet"))
-        size = encoder.get("input_size", config.get("input_size"))
-    else:
-        name, weights, size = (
-            str(encoder),
-            config.get("weights", "imagenet"),
-            config.get("input_size"),
-        )
-    return name, None if weights in (None, "none", "random") else str(weights), size
-
-
 class KerasNaiveBaseline:
     """Tutorial-style Keras ``predict`` loop (see the module docstring).
 
@@ -69,6 +54,7 @@ class KerasNaiveBaseline:
     def __init__(
         self, bundle_dir: Path, manifest: Manifest, members: list[tuple[dict[str, Any], Path]]
     ) -> None:
+        from export.run import encoder_settings
         from training.encoders import build_encoder
         from training.model import ModelConfig, build_training_model
 
@@ -79,7 +65,7 @@ class KerasNaiveBaseline:
             decoder = build_training_model(ModelConfig.from_dict(config["model"]))
             decoder.load_weights(str(weights_file))
             self.decoders.append(decoder)
-        name, weights, size = _encoder_settings(members[0][0])
+        name, weights, size = encoder_settings(members[0][0])
         self.encoder = build_encoder(name, weights=weights, input_size=size, outputs=("pooled",))
 
     def caption(self, data: bytes) -> str:
