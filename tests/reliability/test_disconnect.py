@@ -48,18 +48,22 @@ async def _scenario(running: RunningServer, jpeg: bytes) -> list[httpx.Response]
         while _queued(running) < STAYERS - 1:  # the stayers are queued or running
             assert time.monotonic() < end, "stayers never queued"
             await asyncio.sleep(0.002)
-        leavers = []
-        for _ in range(LEAVERS):
-            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(head + jpeg)
-            await writer.drain()
-            leavers.append(writer)
-        while _queued(running) < STAYERS - 1 + LEAVERS:  # the leavers are queued too
-            assert time.monotonic() < end, "leavers never queued"
-            await asyncio.sleep(0.002)
-        assert running.sample("caption_batch_size_sum") < STAYERS - 2, "queue drained too fast"
-        for writer in leavers:  # hang up while queued
-            writer.close()
+        leavers: list[asyncio.StreamWriter] = []
+        try:
+            for _ in range(LEAVERS):
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                leavers.append(writer)
+                writer.write(head + jpeg)
+                await writer.drain()
+            # the leavers are queued too: stayers keep finishing meanwhile, so count the ones
+            # already answered (a counter that only grows) beside what is queued or running
+            while _queued(running) + sum(t.done() for t in stayers) < STAYERS - 1 + LEAVERS:
+                assert time.monotonic() < end, "leavers never queued"
+                await asyncio.sleep(0.002)
+            assert running.sample("caption_batch_size_sum") < STAYERS - 2, "queue drained too fast"
+        finally:
+            for writer in leavers:  # hang up while queued (and never leak a socket)
+                writer.close()
         return await asyncio.gather(*stayers)
 
 

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.e2e
 
 DRAIN_TIMEOUT_S = 10.0
 RATE = 15.0  # requests/s: below the heavy bundle's capacity, enough to keep the queue busy
+BURST = 4  # extra requests sent right after SIGTERM
 
 
 @dataclass
@@ -88,6 +89,9 @@ async def _scenario(proc: ServiceProcess, jpeg: bytes) -> dict[str, object]:
             if signalled is None and time.monotonic() - t0 >= 3.0:
                 proc.process.send_signal(signal.SIGTERM)
                 signalled = time.monotonic() - t0
+                # a burst on the pool's kept-alive connections while the batch in flight drains
+                # (uvicorn stops accepting new connections at once; open ones still get answers)
+                tasks.extend(asyncio.create_task(_one(client, jpeg, t0)) for _ in range(BURST))
             if exited is None and proc.process.poll() is not None:
                 exited = time.monotonic() - t0
             tasks.append(asyncio.create_task(_one(client, jpeg, t0)))
