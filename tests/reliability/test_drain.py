@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 DRAIN_TIMEOUT_S = 10.0
 RATE = 15.0  # requests/s: below the heavy bundle's capacity, enough to keep the queue busy
-BURST = 4  # extra requests sent right after SIGTERM
+BURST = 4  # extra requests sent just before and right after SIGTERM
 
 
 @dataclass
@@ -72,7 +72,7 @@ async def _readiness(url: str, t0: float, stop: asyncio.Event) -> list[tuple[flo
                 seen.append((time.monotonic() - t0, r.status_code, r.json()["status"]))
             except httpx.TransportError:
                 seen.append((time.monotonic() - t0, 0, "down"))
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)
     return seen
 
 
@@ -87,6 +87,10 @@ async def _scenario(proc: ServiceProcess, jpeg: bytes) -> dict[str, object]:
         for i in range(int(RATE * 8)):  # 8 s of arrivals; SIGTERM at 3 s
             await asyncio.sleep(max(0.0, t0 + i / RATE - time.monotonic()))
             if signalled is None and time.monotonic() - t0 >= 3.0:
+                # queue a little work first, so the drain lasts a few batches (at RATE alone the
+                # queue is often empty and the drain over before a /readyz poll sees it)
+                tasks.extend(asyncio.create_task(_one(client, jpeg, t0)) for _ in range(BURST))
+                await asyncio.sleep(0.1)
                 proc.process.send_signal(signal.SIGTERM)
                 signalled = time.monotonic() - t0
                 # a burst on the pool's kept-alive connections while the batch in flight drains
