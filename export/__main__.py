@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="validation images on which int8 and fp32 captions are compared (default: 100)",
     )
+    arg(
+        "--no-keras-weights",
+        action="store_true",
+        help="leave decoder.keras.weights.h5 out of the bundle (smaller; the naive benchmark "
+        "baseline then reads the run's best.weights.h5 when the run folder is at hand)",
+    )
     return parser
 
 
@@ -161,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quantize=args.quantize == "int8",
         calibration_images=args.calibration_images,
         agreement_images=args.agreement_images,
+        keras_weights=not args.no_keras_weights,
     )
     if args.out.exists() and not args.force:
         print(f"error: {args.out} exists; pass --force to replace it", file=sys.stderr)

