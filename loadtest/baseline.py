@@ -9,10 +9,14 @@ One image at a time, no batching:
    take the argmax at the last real position. The whole prefix is recomputed for every word.
 
 The Keras models are rebuilt from the bundle: the decoder from ``manifest.training["config"]
-["model"]`` + ``decoder.keras.weights.h5`` (``training.model.build_training_model``; when the
-bundle lacks that file, the named training run's ``best.weights.h5``), the encoder from
-``training.encoders.build_encoder`` with the run's encoder settings. Same weights as the ONNX
-graphs the service runs, so greedy captions agree: the bench checks that they do.
+["model"]`` + ``decoder.keras.weights.h5`` (``training.model.build_training_model``, or
+``training.attention.build_training_model`` for an attention run (``config["decoder"] ==
+"attention"``); when the bundle lacks that file, the named training run's ``best.weights.h5``),
+the encoder from ``training.encoders.build_encoder`` with the run's encoder settings and the
+output the decoder reads: the pooled vector for a merge decoder, the (B, N, D) grid for an
+attention decoder (whatever image role the exported ONNX graphs pass between them, the Keras
+training model takes the grid). Same weights as the ONNX graphs the service runs, so greedy
+captions agree: the bench checks that they do.
 
 When a bundle has no Keras weights (e.g. the tiny test bundle), ``OnnxPrefixBaseline`` keeps the
 naive *algorithm* on the bundle's own ONNX graphs: encoder at batch 1, and the step decoder re-run
@@ -46,7 +50,9 @@ class KerasNaiveBaseline:
     """Tutorial-style Keras ``predict`` loop (see the module docstring).
 
     An ensemble bundle is rebuilt member by member; each word is the argmax of the members'
-    averaged probabilities, which is what the ensemble step decoder computes.
+    averaged probabilities, which is what the ensemble step decoder computes. An attention
+    decoder re-runs its teacher-forced graph (attention over the grid at every position) on the
+    whole padded prefix for every word, like a merge decoder.
     """
 
     label = "Keras predict, one image at a time, prefix re-run per word"
@@ -56,23 +62,22 @@ class KerasNaiveBaseline:
     ) -> None:
         from export.run import encoder_settings
         from training.encoders import build_encoder
-        from training.model import ModelConfig, build_training_model
 
         self.manifest = manifest
         self.vocab = Vocabulary.load(bundle_dir / manifest.vocab_file)
-        self.decoders = []
-        for config, weights_file in members:
-            decoder = build_training_model(ModelConfig.from_dict(config["model"]))
-            decoder.load_weights(str(weights_file))
-            self.decoders.append(decoder)
+        self.decoders = [_keras_decoder(config, weights_file) for config, weights_file in members]
+        roles = {_feature_role(config) for config, _ in members}
+        if len(roles) != 1:
+            raise ValueError(f"ensemble members read different image features: {sorted(roles)}")
+        self.role = roles.pop()
         name, weights, size = encoder_settings(members[0][0])
-        self.encoder = build_encoder(name, weights=weights, input_size=size, outputs=("pooled",))
+        self.encoder = build_encoder(name, weights=weights, input_size=size, outputs=(self.role,))
 
     def caption(self, data: bytes) -> str:
         spec = self.manifest.decoder
         pre = self.manifest.encoder.preprocessing
         x = preprocess_file_bytes(data, pre)[None]
-        features = self.encoder.predict(x, verbose=0)["pooled"]
+        features = self.encoder.predict(x, verbose=0)[self.role]
         sequence = [spec.special_tokens.start]
         for _ in range(spec.max_length - 1):
             padded = np.zeros((1, spec.max_length), dtype=np.int32)
@@ -88,6 +93,30 @@ class KerasNaiveBaseline:
                 break
             sequence.append(token)
         return self.vocab.decode(sequence[1:])
+
+
+def _is_attention(config: dict[str, Any]) -> bool:
+    return bool(config.get("decoder", "merge") == "attention")
+
+
+def _feature_role(config: dict[str, Any]) -> str:
+    """The Keras encoder output the run's training model reads."""
+    return "grid" if _is_attention(config) else "pooled"
+
+
+def _keras_decoder(config: dict[str, Any], weights_file: Path) -> Any:
+    """The run's teacher-forced training model with its weights (merge or attention)."""
+    if _is_attention(config):
+        from training.attention import AttentionConfig
+        from training.attention import build_training_model as build_attention
+
+        decoder = build_attention(AttentionConfig.from_dict(config["model"]))
+    else:
+        from training.model import ModelConfig, build_training_model
+
+        decoder = build_training_model(ModelConfig.from_dict(config["model"]))
+    decoder.load_weights(str(weights_file))
+    return decoder
 
 
 class OnnxPrefixBaseline:
