@@ -25,6 +25,7 @@ import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -467,6 +468,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         _restore_priority(priority)  # the session's other processes go back to normal
     results["wall_s"] = time.time() - started
+    results["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["cpu"] = meter.read()
     results["priority"] = priority
     cfg.out_dir.mkdir(parents=True, exist_ok=True)

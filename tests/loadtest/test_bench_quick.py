@@ -29,6 +29,7 @@ def test_quick_bench_writes_the_report(
     assert r["a"] > 0 and r["b"] and r["c"] and r["d"] > 0
     assert r["b_over_a"] == pytest.approx(r["b"] / r["a"])
     assert 0 < r["f_encoder_fraction_of_peak"]
+    assert "p99_at_80_over_idle_floor" in r and "finished_utc" in results
     assert set(results["service"]["levels"]) == {"0.5", "0.8", "1", "2"}
     assert results["naive"]["label"].startswith("ONNX fallback")  # the tiny bundle has no Keras
     doc = (tmp_path / "benchmarks.md").read_text()

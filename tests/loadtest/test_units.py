@@ -249,3 +249,23 @@ def test_sweep_grid_is_the_product_of_the_settings() -> None:
     ]
     with pytest.raises(SystemExit):
         grid(["MAX_BATCH_SIZE=1"])
+
+
+def test_p99_floor_interpolates_the_smallest_batch_that_keeps_up() -> None:
+    from loadtest.benchdoc import p99_floor
+
+    rows = [
+        {"batch_size": 4, "throughput": 120.0},
+        {"batch_size": 1, "throughput": 50.0},
+        {"batch_size": 2, "throughput": 80.0},
+    ]
+    floor = p99_floor(rows, 100.0, idle_p50_ms=25.0)
+    assert floor is not None
+    assert floor["batch_size"] == pytest.approx(3.0)  # 80/s at 2, 120/s at 4: 100/s at 3
+    assert floor["batch_ms"] == pytest.approx(30.0)  # 3 images at 100/s
+    assert floor["outside_model_ms"] == pytest.approx(5.0)  # idle 25 ms - 1 / (50/s)
+    assert floor["p99_floor_ms"] == pytest.approx(65.0)
+    assert floor["ratio"] == pytest.approx(2.6)
+    slow = p99_floor(rows, 40.0, idle_p50_ms=25.0)  # batch 1 keeps up: T = 1 / 50/s
+    assert slow is not None and slow["batch_ms"] == pytest.approx(20.0)
+    assert p99_floor(rows, 130.0, idle_p50_ms=25.0) is None  # beyond every offline figure
