@@ -9,7 +9,7 @@ RUN_DIR ?= runs/default
 BUNDLE_DIR ?= models/default
 PYTEST_ARGS ?=
 
-.PHONY: help install install-serve serve test test-deps check lint typecheck features train export model model-attention bench clean
+.PHONY: help install install-serve serve test test-deps check lint typecheck features train export model model-merge bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,26 +47,32 @@ train: install ## train a caption model into $(RUN_DIR)
 export: install ## turn $(RUN_DIR) into a bundle in $(BUNDLE_DIR)
 	$(PY) -m export --run-dir $(RUN_DIR) --out $(BUNDLE_DIR)
 
-# models/default (docs/model-card.md): three merge decoders on the cached EfficientNet-Lite0
-# features, exported as one ensemble step decoder, then scored once on the test split.
-# --resume makes each step idempotent (a finished run is kept, an interrupted one continues).
+# models/default (docs/model-card.md): the attention decoder (Bahdanau attention over the 7x7
+# EfficientNet-Lite0 grid) on the cached features, exported with its per-image projections
+# folded into the encoder graph and an int8 encoder, then scored once on the test split.
+# models/merge: the earlier default, three merge decoders on the pooled vector exported as one
+# ensemble step decoder (serve it with CAPTION_BUNDLE_DIR=models/merge).
+# --resume makes each training step idempotent (a finished run is kept, an interrupted one
+# continues).
 MODEL_RUNS ?= runs/model
 MEMBERS := $(MODEL_RUNS)/add $(MODEL_RUNS)/add-ls $(MODEL_RUNS)/concat-ls
 TRAIN_MODEL := $(PY) -m training train --data-dir $(DATA_DIR) --resume
 
-model: install ## reproduce models/default: train 3 decoders, export the ensemble, score on test
+model: install ## reproduce models/default: train the attention decoder, export (+int8), score on test
+	$(TRAIN_MODEL) --run-dir $(MODEL_RUNS)/attention --decoder attention \
+		--epochs 14 --patience 2 --label-smoothing 0.1
+	$(PY) -m export --run-dir $(MODEL_RUNS)/attention --out $(BUNDLE_DIR) --name default \
+		--version 2.0.0 --force --no-keras-weights --quantize int8 \
+		--data-dir $(DATA_DIR) --evaluate --eval-out $(MODEL_RUNS)/attention-test-eval
+	$(PY) -m training.attention_report figures --bundle $(BUNDLE_DIR) --out docs
+
+model-merge: install ## reproduce models/merge: train 3 merge decoders, export the ensemble, score
 	$(TRAIN_MODEL) --run-dir $(MODEL_RUNS)/add
 	$(TRAIN_MODEL) --run-dir $(MODEL_RUNS)/add-ls --label-smoothing 0.1 --epochs 13 --patience 2
 	$(TRAIN_MODEL) --run-dir $(MODEL_RUNS)/concat-ls --merge concat --label-smoothing 0.1 \
 		--seed 7 --epochs 12 --patience 2
-	$(PY) -m export --run-dir $(MEMBERS) --out $(BUNDLE_DIR) --name default --force \
+	$(PY) -m export --run-dir $(MEMBERS) --out models/merge --name merge --force \
 		--data-dir $(DATA_DIR) --evaluate --eval-out $(MODEL_RUNS)/test-eval
-
-model-attention: install ## train, export and evaluate the attention decoder into models/attention
-	$(PY) -m training train --data-dir $(DATA_DIR) --run-dir runs/attention --decoder attention \
-		--epochs 14 --patience 2 --label-smoothing 0.1
-	$(PY) -m export --run-dir runs/attention --out models/attention --evaluate
-	$(PY) -m training.attention_report figures --bundle models/attention --out docs
 
 bench: install ## benchmark: ceiling, service, no batching, naive baseline, int8, roofline
 	$(PY) -m loadtest bench

@@ -125,8 +125,9 @@ def compare_encoders(
     """Speed, feature cosine and greedy caption agreement of int8 against fp32."""
     fp32 = _features(fp32_path, output, images)
     int8 = _features(int8_path, output, images)
-    norms = np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1)
-    cosine = np.sum(fp32 * int8, axis=1) / np.maximum(norms, 1e-12)
+    flat32, flat8 = fp32.reshape(len(fp32), -1), int8.reshape(len(int8), -1)  # one per image
+    norms = np.linalg.norm(flat32, axis=1) * np.linalg.norm(flat8, axis=1)
+    cosine = np.sum(flat32 * flat8, axis=1) / np.maximum(norms, 1e-12)
     step = OnnxStep(ort_session(decoder_path))
     same = [
         a == b

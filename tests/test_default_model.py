@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from service.manifest import load_manifest, verify_files
@@ -129,3 +130,22 @@ def test_manifest_carries_the_test_metrics() -> None:
     assert metrics["bleu_4"] > 0.15 and metrics["cider"] > 0.4
     low, high = test["bleu_4_ci"]["low"], test["bleu_4_ci"]["high"]
     assert low <= metrics["bleu_4"] <= high
+
+
+@pytest.mark.parametrize(
+    ("bundle", "use_int8"),
+    [(BUNDLE, True), (REPO_ROOT / "models" / "merge", False)],
+    ids=["default-int8", "merge"],
+)
+def test_other_shipped_variants_also_see_the_dogs(
+    bundle: Path, use_int8: bool, flickr8k_dir: Path
+) -> None:
+    """The int8 encoder of the default bundle and the merge-decoder bundle (models/merge),
+    each picked by a setting, caption the same dog photos sensibly."""
+    from service.runtime import CaptionModel
+
+    model = CaptionModel.load(bundle, intra_op_threads=2, use_int8=use_int8)
+    names = _pick(flickr8k_dir, 6, DOG, None)
+    images = np.stack([model.preprocess((flickr8k_dir / "images" / n).read_bytes()) for n in names])
+    captions = [c[0].text for c in model.caption_images(images, [model.request(beam_size=3)] * 6)]
+    assert sum(bool(DOG.search(text)) for text in captions) >= 5, captions

@@ -1,7 +1,7 @@
 """Figures and serving cost for the attention decoder (model card, issue 8); ONNX Runtime only.
 
-    python -m training.attention_report figures --bundle models/attention --out docs
-    python -m training.attention_report bench --bundle models/attention models/default
+    python -m training.attention_report figures --bundle models/default --out docs
+    python -m training.attention_report bench --bundle models/default models/merge
 
 ``figures`` writes ``attention-maps.png`` (test images, each generated word with the image dimmed
 except where the decoder attended, beam 3) and ``feature-pca.png`` (the encoder's pooled
