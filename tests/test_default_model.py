@@ -118,6 +118,28 @@ def test_people_photos_are_captioned_as_people(service_url: str, flickr8k_dir: P
     assert len(named) >= 4, captions
 
 
+def test_dog_words_attend_to_the_dogs(service_url: str, flickr8k_dir: Path) -> None:
+    """``attention=true`` on the default model: one row of 7 x 7 weights per word, each a
+    distribution, and the word "dog" looks at fewer cells than an even spread would."""
+    name = _pick(flickr8k_dir, 1, DOG, None)[0]
+    response = httpx.post(
+        f"{service_url}/caption?attention=true",
+        content=(flickr8k_dir / "images" / name).read_bytes(),
+        headers={"content-type": "image/jpeg"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["attention_grid"] == [7, 7]
+    caption = body["captions"][0]
+    words, weights = caption["words"], np.asarray(caption["attention"])
+    assert words == caption["text"].split() and weights.shape == (len(words), 49)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=2.5e-3)  # 49 weights, 4 decimals
+    dog_rows = [weights[i] for i, w in enumerate(words) if DOG.match(w)]
+    assert dog_rows, words
+    assert max(row.max() for row in dog_rows) > 2 / 49  # peaked, not spread evenly
+
+
 def test_manifest_carries_the_test_metrics() -> None:
     manifest = load_manifest(BUNDLE)
     verify_files(BUNDLE, manifest)
