@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Literal
@@ -105,6 +106,7 @@ class ServiceState:
         )
         self.batcher.start()
         self.http = build_client(self.fetch_policy)
+        _freeze_long_lived()
         manifest = model.manifest
         self.metrics.set_model(manifest.name, manifest.version, model.provider)
         if self.phase == "starting":
@@ -211,3 +213,15 @@ class ServiceState:
             self.preprocessor.close()
         if self.pipeline is not None:
             self.pipeline.close()
+        gc.unfreeze()  # what start() froze may be garbage now (tests build many services)
+
+
+def _freeze_long_lived() -> None:
+    """Take what start-up built (model, vocabulary, app, libraries) out of the cyclic garbage
+    collector's reach: it lives as long as the process, yet every full (generation 2)
+    collection walked all of it, holding the GIL, so every thread stopped, the event loop
+    included. Measured under 2x overload on models/default (258/s, 20 s runs): 80-145 ms
+    pauses every few seconds, the tail of the 503 answers' p99 (median of 6 runs 97 ms; 43 ms
+    frozen). Objects created later are collected as before."""
+    gc.collect()
+    gc.freeze()
