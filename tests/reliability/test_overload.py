@@ -147,9 +147,13 @@ def test_start_up_objects_are_frozen_out_of_the_collector_while_serving(
     the collector when it stops."""
     import gc
 
+    from service.state import FULL_COLLECTION_THRESHOLD
     from tests.service.conftest import run_server
 
     gc.unfreeze()
+    before = gc.get_threshold()
     with run_server(tiny_bundle):
         assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == (*before[:2], FULL_COLLECTION_THRESHOLD)
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
