@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Tiny settings shared by the in-process run and the killed/resumed CLI run (same results).
-TINY = {"limit": 40, "units": 32, "embed_dim": 16, "batch_size": 8, "min_count": 2}
+TINY: dict[str, Any] = {"limit": 40, "units": 32, "embed_dim": 16, "batch_size": 8, "min_count": 2}
 TINY.update({"epochs": 4, "lr": 3e-3, "patience": 4})
 
 
@@ -36,7 +37,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, flickr8k
         run_dir=str(tmp_path_factory.mktemp("run")),
         data_dir=str(flickr8k_dir),
         cache_dir=str(cache_dir),
-        **TINY,  # type: ignore[arg-type]
+        **TINY,
     )
     return train(cfg)
 
@@ -181,33 +182,35 @@ def _cli(run_dir: Path, cache_dir: Path, data_dir: Path, *extra: str) -> list[st
     return [*args, *extra]
 
 
-def test_resume_after_sigkill(
-    tiny_run: Path, tmp_path: Path, cache_dir: Path, flickr8k_dir: Path
-) -> None:
-    """Kill -9 the training process just after its first checkpoint (during epoch 2), then
-    ``--resume``: it continues from the checkpoint's epoch, completes the run, and ends exactly
-    where the uninterrupted run with the same settings (``tiny_run``) ended."""
-    run_dir = tmp_path / "run"
+def _kill_and_resume(
+    run_dir: Path, cache_dir: Path, data_dir: Path, *extra: str
+) -> tuple[dict[str, Any], list[dict[str, Any]], subprocess.CompletedProcess[str]]:
+    """Start a CLI run, SIGKILL it just after its first checkpoint (during epoch 2), then run it
+    again with ``--resume``; return (the checkpoint's state, the final history, the resume)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = (tmp_path / "first.log").open("w")
-    proc = subprocess.Popen(
-        _cli(run_dir, cache_dir, flickr8k_dir), cwd=REPO_ROOT, env=env, stdout=log, stderr=log
-    )
-    first = run_dir / "checkpoints" / "epoch-0001" / "state.json"
-    deadline = time.monotonic() + 240
-    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert first.exists(), (tmp_path / "first.log").read_text()[-3000:]
-    time.sleep(0.2)  # into epoch 2
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    log.close()
+    log_path = run_dir.parent / f"{run_dir.name}-first.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            _cli(run_dir, cache_dir, data_dir, *extra),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+        first = run_dir / "checkpoints" / "epoch-0001" / "state.json"
+        deadline = time.monotonic() + 240
+        while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert first.exists(), log_path.read_text()[-3000:]
+        time.sleep(0.2)  # into epoch 2
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     killed_at = json.loads(next((run_dir / "checkpoints").glob("epoch-*/state.json")).read_text())
-    assert 1 <= killed_at["epoch"] < 4
+    assert 1 <= killed_at["epoch"] < TINY["epochs"]
 
     resumed = subprocess.run(
-        _cli(run_dir, cache_dir, flickr8k_dir, "--resume"),
+        _cli(run_dir, cache_dir, data_dir, *extra, "--resume"),
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -217,15 +220,49 @@ def test_resume_after_sigkill(
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from epoch {killed_at['epoch']}" in resumed.stderr
-    assert f"Epoch {killed_at['epoch'] + 1}/4" in resumed.stdout
-    assert "Epoch 1/4" not in resumed.stdout
     history = json.loads((run_dir / "history.json").read_text())["epochs"]
-    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
-    assert history[: killed_at["epoch"]] == killed_at["history"]
-    # Same shuffle order, dropout masks and optimizer state as the uninterrupted run.
-    reference = json.loads((tiny_run / "history.json").read_text())["epochs"]
+    return killed_at, history, resumed
+
+
+def _assert_same_run(history: list[dict[str, Any]], reference: list[dict[str, Any]]) -> None:
+    """Same shuffle order, dropout masks and optimizer state as the uninterrupted run."""
+    assert [row["epoch"] for row in history] == [row["epoch"] for row in reference]
     for got, want in zip(history, reference, strict=True):
         assert got["val_ce"] == pytest.approx(want["val_ce"], abs=1e-4)
         assert got["ce"] == pytest.approx(want["ce"], abs=1e-4)
+
+
+def test_resume_after_sigkill(
+    tiny_run: Path, tmp_path: Path, cache_dir: Path, flickr8k_dir: Path
+) -> None:
+    """Kill -9 the training process just after its first checkpoint (during epoch 2), then
+    ``--resume``: it continues from the checkpoint's epoch, completes the run, and ends exactly
+    where the uninterrupted run with the same settings (``tiny_run``) ended."""
+    run_dir = tmp_path / "run"
+    killed_at, history, resumed = _kill_and_resume(run_dir, cache_dir, flickr8k_dir)
+    assert f"Epoch {killed_at['epoch'] + 1}/4" in resumed.stdout
+    assert "Epoch 1/4" not in resumed.stdout
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert history[: killed_at["epoch"]] == killed_at["history"]
+    _assert_same_run(history, json.loads((tiny_run / "history.json").read_text())["epochs"])
     assert (run_dir / "checkpoints" / "epoch-0004" / "state.json").is_file()
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+
+
+def test_attention_run_resumes_exactly(tmp_path: Path, cache_dir: Path, flickr8k_dir: Path) -> None:
+    """The same for the attention decoder (grid features, label smoothing): killed and resumed,
+    it ends where an uninterrupted CLI run ends."""
+    extra = ("--decoder", "attention", "--attention-dim", "16", "--label-smoothing", "0.1")
+    reference_dir = tmp_path / "uninterrupted"
+    done = subprocess.run(
+        _cli(reference_dir, cache_dir, flickr8k_dir, *extra),
+        cwd=REPO_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, history, _ = _kill_and_resume(tmp_path / "run", cache_dir, flickr8k_dir, *extra)
+    _assert_same_run(history, json.loads((reference_dir / "history.json").read_text())["epochs"])
