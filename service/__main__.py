@@ -76,7 +76,7 @@ def main() -> int:
         model = CaptionModel.load(
             settings.bundle_dir,
             provider=settings.provider,
-            intra_op_threads=settings.intra_op_threads,
+            intra_op_threads=settings.threads_per_batch,
             inter_op_threads=settings.inter_op_threads,
             use_int8=settings.use_int8,
         )

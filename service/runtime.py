@@ -14,7 +14,6 @@ slower, since the inputs must be re-bound every step anyway), so the simpler cal
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from numpy.typing import NDArray
 from service.decoding import DecodeRequest, StepOutput, decode_batch
 from service.imaging import preprocess_file_bytes
 from service.manifest import BundleError, Manifest, Preprocessing, load_manifest, verify_files
+from service.settings import available_cores
 from service.vocabulary import Vocabulary
 
 Provider = Literal["auto", "cpu", "cuda"]
@@ -48,14 +48,6 @@ class Caption:
     tokens: tuple[int, ...]
     attention: list[list[float]] | None = None
     """Per word, the attention weights over the image grid (attention decoders only)."""
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (respects affinity masks and container cpusets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:

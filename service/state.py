@@ -73,7 +73,7 @@ class ServiceState:
                     CaptionModel.load,
                     s.bundle_dir,
                     provider=s.provider,
-                    intra_op_threads=s.intra_op_threads,
+                    intra_op_threads=s.threads_per_batch,
                     inter_op_threads=s.inter_op_threads,
                     use_int8=s.use_int8,
                 )
