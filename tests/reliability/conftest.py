@@ -87,10 +87,15 @@ def scrape(url: str) -> Snapshot:
 
 
 def server_errors(url: str, *, allowed: frozenset[str] = frozenset()) -> dict[str, float]:
-    """``caption_requests_total`` with a 5xx code not in ``allowed`` (must stay empty)."""
+    """``caption_requests_total`` with a 5xx code not in ``allowed`` (must stay empty).
+
+    ``/readyz`` answering 503 is its documented "not ready yet" (``wait_ready`` polls it while
+    the model warms up), not a server error, so it is left out."""
     out: dict[str, float] = {}
     for (name, labels), value in scrape(url).samples.items():
         tags = dict(labels)
+        if tags.get("endpoint") == "/readyz" and tags.get("code") == "503":
+            continue
         if name == "caption_requests_total" and tags["code"].startswith("5"):
             if tags["code"] not in allowed and value:
                 out[f"{tags['endpoint']} {tags['code']}"] = value

@@ -45,7 +45,8 @@ async def _scenario(running: RunningServer, jpeg: bytes) -> list[httpx.Response]
             for _ in range(STAYERS)
         ]
         end = time.monotonic() + 60
-        while _queued(running) < STAYERS - 1:  # the stayers are queued or running
+        # the stayers are queued, running or (on a fast box, the first ones) already answered
+        while _queued(running) + sum(t.done() for t in stayers) < STAYERS - 1:
             assert time.monotonic() < end, "stayers never queued"
             await asyncio.sleep(0.002)
         leavers: list[asyncio.StreamWriter] = []
