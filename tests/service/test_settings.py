@@ -57,3 +57,13 @@ def test_readme_lists_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [n for n in Settings.model_fields if f"`CAPTION_{n.upper()}`" not in readme]
     assert not missing, f"README settings table lacks {missing}"
+
+
+def test_each_concurrent_batch_gets_its_share_of_the_cores() -> None:
+    from service.settings import available_cores
+
+    cores = available_cores()
+    assert Settings().threads_per_batch == max(1, cores // 2)  # 2 concurrent batches
+    assert Settings(max_concurrent_batches=1).threads_per_batch == cores
+    assert Settings(max_concurrent_batches=8).threads_per_batch == max(1, cores // 8)
+    assert Settings(intra_op_threads=3).threads_per_batch == 3  # an explicit count wins
