@@ -121,6 +121,7 @@ def test_sigterm_under_load_loses_nothing(
         CAPTION_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S),
         CAPTION_MAX_BATCH_SIZE="2",
         CAPTION_INTRA_OP_THREADS="1",
+        CAPTION_MAX_CONCURRENT_BATCHES="1",  # one batch at a time: the drain must be seen
         CAPTION_DEFAULT_BEAM_SIZE="8",
         CAPTION_REQUEST_TIMEOUT_S="30",
     )
@@ -170,6 +171,7 @@ def test_drain_timeout_bounds_the_exit_and_leftovers_get_an_answer(
         CAPTION_DRAIN_TIMEOUT_S="1",
         CAPTION_MAX_BATCH_SIZE="1",
         CAPTION_INTRA_OP_THREADS="1",
+        CAPTION_MAX_CONCURRENT_BATCHES="1",  # one batch at a time: the drain must be seen
         CAPTION_DEFAULT_BEAM_SIZE="8",
         CAPTION_QUEUE_SIZE="200",
         CAPTION_REQUEST_TIMEOUT_S="60",
