@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave decoder.keras.weights.h5 out of the bundle (smaller; the naive benchmark "
         "baseline then reads the run's best.weights.h5 when the run folder is at hand)",
     )
+    arg(
+        "--decoder-weights",
+        choices=["float32", "float16"],
+        default="float32",
+        help="float16: round the step decoder's weights to float16 and store them so, half the "
+        "file, still computed in float32 (export.compact; default: float32)",
+    )
     return parser
 
 
@@ -168,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         calibration_images=args.calibration_images,
         agreement_images=args.agreement_images,
         keras_weights=not args.no_keras_weights,
+        decoder_weights=args.decoder_weights,
     )
     if args.out.exists() and not args.force:
         print(f"error: {args.out} exists; pass --force to replace it", file=sys.stderr)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from service.manifest import (
     MANIFEST_FILE,
@@ -32,6 +32,7 @@ from service.manifest import (
 )
 from service.vocabulary import Vocabulary
 
+from .compact import round_weights_to_float16, store_file_float16
 from .images import load_batch, train_head
 from .onnx_export import DEFAULT_OPSET, export_encoder, export_step_decoder
 from .parity import (
@@ -105,6 +106,9 @@ class ExportOptions:
     keras_weights: bool = True
     """Copy the run's Keras weights into the bundle (for the naive baseline and re-export);
     off keeps a served bundle small (the file also holds the optimizer state)."""
+    decoder_weights: Literal["float32", "float16"] = "float32"
+    """``float16``: round the step decoder's weights to float16 and store them so
+    (``export.compact``): half the file, float32 arithmetic."""
 
     def __post_init__(self) -> None:
         if self.parity_images < max(self.parity_batch_sizes):
@@ -195,6 +199,9 @@ def write_bundle(src: ExportSources, out: Path, options: ExportOptions) -> Path:
             roles=src.roles,
             opset=options.opset,
         )
+        storage: dict[str, Any] = {}
+        if options.decoder_weights == "float16":
+            storage["rounded_values"] = round_weights_to_float16(src.step_model)
         export_step_decoder(
             src.step_model,
             stage / DECODER_FILE,
@@ -205,8 +212,16 @@ def write_bundle(src: ExportSources, out: Path, options: ExportOptions) -> Path:
             grid_size=src.grid_size if src.image_role in ("grid", "memory") else None,
             attention=src.attention,
         )
+        if storage:
+            storage["stored_float16_values"] = store_file_float16(stage / DECODER_FILE)
         src.vocab.save(stage / VOCAB_FILE)
         training = {**src.training, "export": _toolchain(options.opset)}
+        if storage:
+            training["decoder_weights"] = {
+                "stored_as": "float16",
+                "computed_in": "float32",
+                **storage,
+            }
         if src.keras_weights is not None and options.keras_weights:
             shutil.copyfile(src.keras_weights, stage / KERAS_WEIGHTS_FILE)
             training["keras_weights_file"] = KERAS_WEIGHTS_FILE

@@ -80,28 +80,43 @@ def history_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def attach_memory_head(encoder: Any, head: Any) -> Any:
+    """The encoder (``pooled`` + ``grid``) extended to emit ``pooled`` + ``memory`` = head(grid)."""
+    import keras
+
+    image = encoder.inputs[0]
+    features = encoder(image)
+    return keras.Model(
+        image,
+        {"pooled": features["pooled"], "memory": head(features["grid"])},
+        name=f"{encoder.name}_memory",
+    )
+
+
 def _with_memory(encoder: Any, run: LoadedRun) -> tuple[Any, Any, int]:
     """(encoder emitting ``pooled`` + ``memory``, step model reading memory, memory width).
 
     The attention decoder's per-image projections move into the encoder graph, so serving
     computes them once per image rather than at every step of every beam.
     """
-    import keras
-
     from training.attention import AttentionConfig, memory_dim, memory_models
 
     cfg = run.model_config
     if not isinstance(cfg, AttentionConfig):
         raise TypeError(f"an attention run has an AttentionConfig, got {type(cfg).__name__}")
     head, step_model = memory_models(run.step_model, cfg)
-    image = encoder.inputs[0]
-    features = encoder(image)
-    composite = keras.Model(
-        image,
-        {"pooled": features["pooled"], "memory": head(features["grid"])},
-        name=f"{encoder.name}_memory",
+    return attach_memory_head(encoder, head), step_model, memory_dim(cfg)
+
+
+def run_encoder(config: dict[str, Any], *, attention: bool) -> Any:
+    """The Keras encoder the run's features came from: ``pooled`` (+ ``grid`` for attention)."""
+    name, weights, input_size = encoder_settings(config)
+    return build_encoder(
+        name,
+        weights=weights,
+        input_size=input_size,
+        outputs=("pooled", "grid") if attention else ("pooled",),
     )
-    return composite, step_model, memory_dim(cfg)
 
 
 def sources_from_run(run_dir: Path) -> ExportSources:
@@ -115,12 +130,7 @@ def sources_from_run(run_dir: Path) -> ExportSources:
             f"the decoder expects {run.model_config.feature_dim}"
         )
     attention = run.config.get("decoder", "merge") == "attention"
-    encoder = build_encoder(
-        name,
-        weights=weights,
-        input_size=input_size,
-        outputs=("pooled", "grid") if attention else ("pooled",),
-    )
+    encoder = run_encoder(run.config, attention=attention)
     roles: tuple[FeatureRole, ...] = ("pooled",)
     step_model, image_dim = run.step_model, None
     if attention:

@@ -119,6 +119,47 @@ def test_memory_split_computes_the_same_steps(cell: str) -> None:
         ref_states, fast_states = ref.states, got.states
 
 
+def test_lstm_and_gru_ensemble_averages_probabilities_and_attention() -> None:
+    """One step model over an LSTM and a GRU member: each reads its slice of the concatenated
+    memory and states; probabilities and attention are the members' means; the GRU has no cell
+    state, so its c slice comes back as it went in."""
+    from training.ensemble import build_attention_ensemble_step_model, build_memory_ensemble_head
+
+    cfg_l, _, step_l = _models("lstm")
+    cfg_g, _, step_g = _models("gru")
+    head_l, fast_l = memory_models(step_l, cfg_l)
+    head_g, fast_g = memory_models(step_g, cfg_g)
+    head = build_memory_ensemble_head([head_l, head_g])
+    ensemble = build_attention_ensemble_step_model([fast_l, fast_g])
+
+    grid, tokens = _inputs(np.random.default_rng(3), batch=4)
+    memory = np.asarray(head(grid))
+    width = memory_dim(cfg_l)
+    assert memory.shape == (4, 9, width + memory_dim(cfg_g))
+    np.testing.assert_allclose(memory[..., :width], np.asarray(head_l(grid)), atol=1e-6)
+
+    u = cfg_l.units
+    rng = np.random.default_rng(4)
+    h = rng.normal(size=(4, 2 * u)).astype(np.float32)
+    c = rng.normal(size=(4, 2 * u)).astype(np.float32)
+    token = tokens[:, 0]
+    out = ensemble({"token": token, "h": h, "c": c, "image_features": memory})
+    lstm = fast_l(
+        {"token": token, "h": h[:, :u], "c": c[:, :u], "image_features": memory[..., :width]}
+    )
+    gru = fast_g({"token": token, "h": h[:, u:], "image_features": memory[..., width:]})
+
+    probs = (np.exp(lstm["logprobs"]) + np.exp(gru["logprobs"])) / 2
+    np.testing.assert_allclose(np.exp(out["logprobs"]), probs, atol=1e-6)
+    attention = np.asarray(out["attention"])
+    np.testing.assert_allclose(attention, (lstm["attention"] + gru["attention"]) / 2, atol=1e-6)
+    np.testing.assert_allclose(attention.sum(axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(out["h_out"][:, :u], lstm["h_out"], atol=1e-6)
+    np.testing.assert_allclose(out["h_out"][:, u:], gru["h_out"], atol=1e-6)
+    np.testing.assert_allclose(out["c_out"][:, :u], lstm["c_out"], atol=1e-6)
+    np.testing.assert_allclose(out["c_out"][:, u:], c[:, u:])
+
+
 def test_coverage_penalty_pulls_towards_an_even_share() -> None:
     layer = AttentionCoverage(weight=2.0)
     tokens = np.array([[1, 5, 6, 0], [1, 7, 0, 0]], np.int32)  # 3 and 2 real input tokens
@@ -178,6 +219,31 @@ def attention_bundle(
     out = tmp_path_factory.mktemp("models") / "tiny-attention"
     options = ExportOptions(name="tiny-attention", version="0.0.1", data_dir=flickr8k_dir)
     return write_bundle(sources_from_run(attention_run), out, options)
+
+
+@pytest.fixture(scope="module")
+def gru_run(tmp_path_factory: pytest.TempPathFactory, flickr8k_dir: Path) -> Path:
+    """A GRU twin of ``attention_run`` on the same images (same vocabulary), another seed."""
+    from training.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("attention-gru-run")
+    cfg = TrainConfig(
+        run_dir=str(root / "run"),
+        data_dir=str(flickr8k_dir),
+        cache_dir=str(root / "cache"),
+        decoder="attention",
+        cell="gru",
+        limit=40,
+        units=8,
+        embed_dim=16,
+        attention_dim=8,
+        min_count=2,
+        batch_size=16,
+        epochs=2,
+        lr=3e-3,
+        seed=7,
+    )
+    return train(cfg)
 
 
 def test_tiny_run_learns_on_the_grid(attention_run: Path) -> None:
@@ -259,3 +325,47 @@ def test_report_draws_maps_and_pca_and_measures_cost(
 
     argv = ["figures", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "no"), *common]
     assert main(argv) == 2  # a merge bundle has no attention to draw
+
+
+def test_lstm_and_gru_runs_export_as_one_half_size_ensemble_bundle(
+    attention_run: Path, gru_run: Path, tmp_path: Path, flickr8k_dir: Path
+) -> None:
+    """``python -m export --run-dir A B --decoder-weights float16``: one bundle whose encoder
+    emits both members' memories, whose decoder stores its weights as float16, that passes
+    parity against the (rounded) Keras ensemble and is served with attention per word."""
+    import onnx
+
+    from export.__main__ import main as export_main
+    from service.manifest import load_manifest, verify_files
+    from service.runtime import CaptionModel
+    from training.data import image_dir, load_split
+
+    out = tmp_path / "ensemble"
+    argv = ["--run-dir", str(attention_run), str(gru_run), "--out", str(out)]
+    argv += ["--data-dir", str(flickr8k_dir), "--decoder-weights", "float16"]
+    assert export_main(argv) == 0
+
+    manifest = load_manifest(out)
+    verify_files(out, manifest)
+    decoder = manifest.decoder
+    assert (decoder.architecture, decoder.image_role) == ("attention_ensemble", "memory")
+    assert [(s.input, s.size) for s in decoder.states] == [("h", 24), ("c", 24)]
+    assert manifest.encoder.outputs == {"pooled": "features", "memory": "memory"}
+    assert manifest.parity is not None and manifest.parity.greedy_captions_identical
+    assert [m["config"]["cell"] for m in manifest.training["members"]] == ["lstm", "gru"]
+    storage = manifest.training["decoder_weights"]
+    assert storage["stored_as"] == "float16" and storage["stored_float16_values"] > 0
+
+    graph = onnx.load(str(out / decoder.file)).graph
+    halves = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert sum(int(np.prod(i.dims)) for i in halves) == storage["stored_float16_values"]
+
+    model = CaptionModel.load(out, intra_op_threads=2)
+    names = load_split(flickr8k_dir, "test")[:2]
+    images = np.stack([model.preprocess((image_dir(flickr8k_dir) / n).read_bytes()) for n in names])
+    for captions in model.caption_images(images, [model.request(beam_size=3)] * 2):
+        best = captions[0]
+        assert best.attention is not None
+        weights = np.asarray(best.attention)
+        assert weights.shape == (len(best.tokens), 49)
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-4)
