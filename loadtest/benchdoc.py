@@ -90,45 +90,34 @@ def p99_floor(
     rows: list[dict[str, Any]], rate: float | None, idle_p50_ms: float | None
 ) -> dict[str, Any] | None:
     """A floor under p99 / idle p50 at ``rate`` (80% of the service's capacity), from the offline
-    throughput by batch size (a); ``None`` when the rate is above every offline figure.
+    throughput by batch size (a); ``None`` when no batch size of (a) keeps up with the rate.
 
-    Model: to keep up with ``rate`` the batcher needs batches of at least k images, where the
-    offline pipeline's throughput(k) >= rate (k interpolated linearly between the measured batch
-    sizes, so throughput(k) = rate and one batch takes T(k) = k / rate). The smallest such k is
-    the kindest: bigger batches take longer. At that k the model is busy nearly all the time, so
-    a request arriving at random waits, at its 99th percentile, about a whole batch in progress
-    (T), then its own batch (T), plus what an idle request pays outside the model (HTTP, upload,
-    hand-offs: idle p50 - T(1), T(1) = 1 / offline throughput at batch 1). Floor = (2 T(k) +
-    idle p50 - T(1)) / idle p50. It leaves out queueing from Poisson bursts (no slack is left at
-    k) and the CPU the HTTP side and the load generator take from the model, so the measured p99
-    can only be higher: a target below the floor cannot be met on this machine by batching
-    alone."""
+    ``loadtest.queue_model`` runs an ideal batching server on Poisson arrivals at ``rate``: one
+    batch at a time on the whole CPU, each taking the offline pipeline's time for its size, the
+    model starting on everything waiting the moment it is free, the kindest batch cap. To its
+    p99 the floor adds what an idle request pays outside the model (HTTP, upload, hand-offs:
+    idle p50 - T(1), T(1) = 1 / offline throughput at batch 1). A real service also shares the
+    cores with image decoding, HTTP and, here, the load generator, so its p99 can only be
+    higher: a target below the floor cannot be met on this machine by any batching policy."""
     if not rate or not idle_p50_ms or not rows:
         return None
+    from .queue_model import ideal_p99
+
     ordered = sorted(rows, key=lambda r: r["batch_size"])
     t1_ms = 1000.0 / ordered[0]["throughput"] if ordered[0]["batch_size"] == 1 else None
     outside_ms = max(0.0, idle_p50_ms - t1_ms) if t1_ms is not None else 0.0
-    prev: dict[str, Any] | None = None
-    for row in ordered:
-        if row["throughput"] < rate:
-            prev = row
-            continue
-        if prev is None:  # the smallest measured batch already keeps up
-            k, batch_ms = float(row["batch_size"]), 1000.0 * row["batch_size"] / row["throughput"]
-        else:
-            lo_k, lo_t = prev["batch_size"], prev["throughput"]
-            k = lo_k + (rate - lo_t) * (row["batch_size"] - lo_k) / (row["throughput"] - lo_t)
-            batch_ms = 1000.0 * k / rate
-        floor_ms = 2 * batch_ms + outside_ms
-        return {
-            "rate": rate,
-            "batch_size": k,
-            "batch_ms": batch_ms,
-            "outside_model_ms": outside_ms,
-            "p99_floor_ms": floor_ms,
-            "ratio": floor_ms / idle_p50_ms,
-        }
-    return None
+    ideal = ideal_p99(ordered, rate)
+    if ideal is None:
+        return None
+    floor_ms = ideal["p99_ms"] + outside_ms
+    return {
+        "rate": rate,
+        "model": "ideal batching server, Poisson arrivals (loadtest.queue_model)",
+        **ideal,
+        "outside_model_ms": outside_ms,
+        "p99_floor_ms": floor_ms,
+        "ratio": floor_ms / idle_p50_ms,
+    }
 
 
 def service_setting(results: dict[str, Any], name: str) -> Any:
@@ -164,7 +153,7 @@ def ratio_lines(r: dict[str, Any]) -> str:
         ("e    int8 / fp32 (encoder only)", "e_int8_over_fp32_encoder"),
         ("f    encoder fraction of fp32 peak", "f_encoder_fraction_of_peak"),
         ("p99 at 80% / idle p50", "p99_at_80_over_idle"),
-        ("  floor from (a): batch time model", "p99_at_80_over_idle_floor"),
+        ("  floor from (a): ideal batcher model", "p99_at_80_over_idle_floor"),
         ("2x load: 503 answered in (p99 ms)", "overload_503_p99_ms"),
         ("2x load: slowest accepted (ms)", "overload_accepted_max_ms"),
     ]
@@ -377,19 +366,20 @@ def _floor_lines(results: dict[str, Any]) -> list[str]:
     return [
         "### What bounds p99 at 80% (floor from (a))",
         "",
-        f"To keep up with 80% of (b), {floor['rate']:.1f}/s, the batcher needs batches of at "
-        f"least k = {floor['batch_size']:.2f} images, where the offline pipeline's throughput(k) "
-        f"reaches that rate (linear between the measured batch sizes); one such batch takes "
-        f"T(k) = k / rate = {floor['batch_ms']:.1f} ms. The model is then busy nearly all the "
-        "time, so a request arriving at random waits, at its 99th percentile, about one batch "
-        "already running (T) and then its own batch (T), plus what an idle request pays outside "
-        f"the model (idle p50 - offline T(1) = {floor['outside_model_ms']:.1f} ms: HTTP, upload, "
-        f"hand-offs). Floor: p99 >= 2 T(k) + {floor['outside_model_ms']:.1f} ms = "
+        f"An ideal batching server (`loadtest.queue_model`) gets Poisson arrivals at 80% of (b), "
+        f"{floor['rate']:.1f}/s. It runs one batch at a time on the whole CPU, each taking the "
+        "offline pipeline's measured time for its size (a), and starts on everything waiting "
+        "the moment it is free; nothing else takes CPU and no hand-off costs anything. Over "
+        f"every batch cap, the kindest (cap {floor['max_batch']}, mean batch "
+        f"{floor['batch_size_mean']:.2f}, model busy {100 * floor['busy_fraction']:.0f}% of the "
+        f"time) gives p50 {floor['p50_ms']:.1f} ms and p99 {floor['p99_ms']:.1f} ms. Adding what "
+        "an idle request pays outside the model (idle p50 - offline T(1) = "
+        f"{floor['outside_model_ms']:.1f} ms: HTTP, upload, hand-offs), the floor is p99 >= "
         f"{floor['p99_floor_ms']:.1f} ms = {floor['ratio']:.2f} x idle p50 (target <= "
-        f"{TARGETS['p99_at_80_over_idle'][1]:g}). The model leaves out queueing from Poisson "
-        "bursts (no slack is left at k) and the CPU that the HTTP side, image decoding and the "
-        "load generator take from the model on the same cores, so the real p99 can only be "
-        "higher; it is a floor, not a prediction.",
+        f"{TARGETS['p99_at_80_over_idle'][1]:g}). The wait comes from the Poisson bursts: at 80% "
+        "load the backlog a burst leaves takes several batch times to clear. A real service also "
+        "shares the cores with image decoding, HTTP and, here, the load generator, so its p99 "
+        "can only be higher.",
         "",
         measured,
         "",

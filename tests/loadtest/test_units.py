@@ -251,8 +251,34 @@ def test_sweep_grid_is_the_product_of_the_settings() -> None:
         grid(["MAX_BATCH_SIZE=1"])
 
 
-def test_p99_floor_interpolates_the_smallest_batch_that_keeps_up() -> None:
+def test_queue_model_without_batching_is_the_textbook_md1_queue() -> None:
+    """Batch cap 1 and a constant 10 ms per image is M/D/1: at 50% load the mean time in the
+    system is d + rho d / (2 (1 - rho)) = 10 + 5 = 15 ms (Pollaczek-Khinchine)."""
+    from loadtest.queue_model import simulate
+
+    run = simulate(50.0, lambda n: 0.010 * n, max_batch=1, arrivals=200_000, seed=1)
+    assert float(run.latencies_s.mean()) == pytest.approx(0.015, rel=0.03)
+    assert run.busy_fraction == pytest.approx(0.5, rel=0.02)
+    assert set(run.batch_sizes.tolist()) == {1}
+
+
+def test_queue_model_batches_what_waits_and_keeps_up_where_single_images_cannot() -> None:
+    from loadtest.queue_model import ideal_p99, simulate
+
+    def fixed_cost(n: int) -> float:  # 8 ms per batch + 2 ms per image: 100/s at batch 1
+        return 0.008 + 0.002 * n
+
+    run = simulate(300.0, fixed_cost, max_batch=16, arrivals=50_000)
+    assert run.batch_sizes.max() > 1 and float(np.percentile(run.latencies_s, 99)) < 0.2
+    rows = [{"batch_size": n, "throughput": n / fixed_cost(n)} for n in (1, 2, 4, 8, 16)]
+    best = ideal_p99(rows, 300.0, arrivals=50_000)
+    assert best is not None and best["max_batch"] > 2  # caps 1 and 2 (100/s, 167/s) fall behind
+    assert ideal_p99(rows, 1000.0) is None  # more than any batch size can serve (16: 400/s)
+
+
+def test_p99_floor_adds_the_time_outside_the_model_to_the_ideal_p99() -> None:
     from loadtest.benchdoc import p99_floor
+    from loadtest.queue_model import ideal_p99
 
     rows = [
         {"batch_size": 4, "throughput": 120.0},
@@ -260,12 +286,11 @@ def test_p99_floor_interpolates_the_smallest_batch_that_keeps_up() -> None:
         {"batch_size": 2, "throughput": 80.0},
     ]
     floor = p99_floor(rows, 100.0, idle_p50_ms=25.0)
-    assert floor is not None
-    assert floor["batch_size"] == pytest.approx(3.0)  # 80/s at 2, 120/s at 4: 100/s at 3
-    assert floor["batch_ms"] == pytest.approx(30.0)  # 3 images at 100/s
+    ideal = ideal_p99(rows, 100.0)
+    assert floor is not None and ideal is not None
     assert floor["outside_model_ms"] == pytest.approx(5.0)  # idle 25 ms - 1 / (50/s)
-    assert floor["p99_floor_ms"] == pytest.approx(65.0)
-    assert floor["ratio"] == pytest.approx(2.6)
-    slow = p99_floor(rows, 40.0, idle_p50_ms=25.0)  # batch 1 keeps up: T = 1 / 50/s
-    assert slow is not None and slow["batch_ms"] == pytest.approx(20.0)
+    assert floor["p99_floor_ms"] == pytest.approx(ideal["p99_ms"] + 5.0)
+    assert floor["ratio"] == pytest.approx(floor["p99_floor_ms"] / 25.0)
+    assert floor["max_batch"] == 4  # only batches of 4 (120/s) keep up with 100/s
+    assert floor["p99_ms"] > 2 * 1000 * 4 / 120.0  # bursts: more than two full batches
     assert p99_floor(rows, 130.0, idle_p50_ms=25.0) is None  # beyond every offline figure
