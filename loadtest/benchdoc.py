@@ -98,7 +98,7 @@ def p99_floor(
     p99 the floor adds what an idle request pays outside the model (HTTP, upload, hand-offs:
     idle p50 - T(1), T(1) = 1 / offline throughput at batch 1). A real service also shares the
     cores with image decoding, HTTP and, here, the load generator, so its p99 can only be
-    higher: a target below the floor cannot be met on this machine by any batching policy."""
+    higher: a target below the floor cannot be met on this machine by tuning the batcher."""
     if not rate or not idle_p50_ms or not rows:
         return None
     from .queue_model import ideal_p99
