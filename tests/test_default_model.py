@@ -152,18 +152,25 @@ def test_manifest_carries_the_test_metrics() -> None:
     assert metrics["bleu_4"] > 0.15 and metrics["cider"] > 0.4
     low, high = test["bleu_4_ci"]["low"], test["bleu_4_ci"]["high"]
     assert low <= metrics["bleu_4"] <= high
+    for other in ("test_int8", "test_greedy", "val"):
+        assert other in manifest.metrics, other
 
 
 @pytest.mark.parametrize(
     ("bundle", "use_int8"),
-    [(BUNDLE, True), (REPO_ROOT / "models" / "merge", False)],
-    ids=["default-int8", "merge"],
+    [
+        (BUNDLE, True),
+        (REPO_ROOT / "models" / "attention", False),
+        (REPO_ROOT / "models" / "merge", False),
+    ],
+    ids=["default-int8", "attention", "merge"],
 )
 def test_other_shipped_variants_also_see_the_dogs(
     bundle: Path, use_int8: bool, flickr8k_dir: Path
 ) -> None:
-    """The int8 encoder of the default bundle and the merge-decoder bundle (models/merge),
-    each picked by a setting, caption the same dog photos sensibly."""
+    """The int8 encoder of the default bundle, the single attention decoder (models/attention)
+    and the merge-decoder bundle (models/merge), each picked by a setting, caption the same dog
+    photos sensibly."""
     from service.runtime import CaptionModel
 
     model = CaptionModel.load(bundle, intra_op_threads=2, use_int8=use_int8)
