@@ -1,14 +1,19 @@
 """The batch function the micro-batcher runs: encode a stacked batch, decode it all at once.
 
 Blocking ONNX Runtime work runs in a dedicated thread pool (one thread per concurrent batch), so
-the event loop keeps accepting and decoding requests meanwhile. If a whole batch fails, each item
-is retried alone so that one bad item fails only itself.
+the event loop keeps accepting and decoding requests meanwhile. Those threads run at a lower OS
+priority (``lower_thread_priority``): on a small CPU the event loop then answers, and refuses,
+requests while batches compute, rather than after. If a whole batch fails, each item is retried
+alone so that one bad item fails only itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,13 +47,36 @@ class CaptionOutcome:
     batch_size: int
 
 
+def lower_thread_priority(levels: int) -> int | None:
+    """Lower the calling thread's scheduling priority by ``levels`` nice levels (capped at 19);
+    return its new nice value, or None where per-thread priorities do not exist (non-Linux) or
+    ``levels`` is 0. Raising nice needs no privilege; the process's other threads keep theirs."""
+    if levels <= 0 or not sys.platform.startswith("linux"):
+        return None
+    thread = threading.get_native_id()  # on Linux a thread id is a valid PRIO_PROCESS target
+    nice = min(19, os.getpriority(os.PRIO_PROCESS, thread) + levels)
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, nice)
+    except OSError:
+        log.warning("could not lower the model thread's priority to nice %d", nice)
+        return None
+    return nice
+
+
 class Pipeline:
     """``await pipeline(jobs)`` -> one ``CaptionOutcome`` or exception per job, in order."""
 
-    def __init__(self, model: CaptionModel, metrics: Metrics | None, *, threads: int = 1) -> None:
+    def __init__(
+        self, model: CaptionModel, metrics: Metrics | None, *, threads: int = 1, nice: int = 0
+    ) -> None:
         self.model = model
         self._metrics = metrics
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="model")
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads,
+            thread_name_prefix="model",
+            initializer=lower_thread_priority,
+            initargs=(nice,),
+        )
 
     async def __call__(self, jobs: list[CaptionJob]) -> Sequence[CaptionOutcome | BaseException]:
         started = time.perf_counter()

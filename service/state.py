@@ -94,7 +94,9 @@ class ServiceState:
         self.preprocessor = Preprocessor(
             model.preprocessing, max_pixels=s.max_image_pixels, threads=s.decode_threads
         )
-        self.pipeline = Pipeline(model, self.metrics, threads=s.max_concurrent_batches)
+        self.pipeline = Pipeline(
+            model, self.metrics, threads=s.max_concurrent_batches, nice=s.model_thread_nice
+        )
         self.batcher = MicroBatcher(
             self.pipeline,
             max_batch_size=s.max_batch_size,

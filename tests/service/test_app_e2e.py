@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.server
 import json
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -335,6 +338,34 @@ def test_concurrent_requests_are_batched(start_server: Callable[..., RunningServ
     assert images_run == 48 + 0  # every image ran exactly once
     assert batches < 48, "no two requests ever shared a batch"
     assert running.sample("caption_batch_size_bucket", {"le": "1.0"}) < batches
+
+
+def _thread_nice_values() -> dict[int, int]:
+    """Nice value of every thread of this process (Linux ``/proc/self/task/*/stat``)."""
+    found = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            found[int(task.name)] = int(fields[16])  # field 19 of stat; [0] is field 3
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_model_threads_run_below_the_event_loop(
+    start_server: Callable[..., RunningServer], jpeg: bytes
+) -> None:
+    """The threads that run batches sit CAPTION_MODEL_THREAD_NICE levels below the process, so
+    the event loop answers (and refuses) requests while a batch computes."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    before = set(_thread_nice_values())
+    running = start_server(model_thread_nice=7, max_concurrent_batches=2)
+    r = httpx.post(f"{running.url}/caption", content=jpeg, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200
+    new = {tid: nice for tid, nice in _thread_nice_values().items() if tid not in before}
+    lowered = [tid for tid, nice in new.items() if nice == min(19, base + 7)]
+    assert lowered, f"no model thread at nice {base + 7}: {new}"
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    assert sorted(set(new.values())) == sorted({base, min(19, base + 7)}), new
 
 
 def test_overload_gets_503_with_retry_after(start_server: Callable[..., RunningServer]) -> None:
