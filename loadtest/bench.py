@@ -1,7 +1,8 @@
 """``make bench``: one command, one run, one bundle and one image set, measured side by side.
 
     (a) offline in-process pipeline (decode + resize + encode + greedy decode) at its best batch
-        size: the ceiling;
+        size, the better of one pipeline on every core and single-threaded pipelines side by
+        side (as the service runs its concurrent batches): the ceiling;
     (b) the service over HTTP (``python -m service`` subprocess) with batching: max sustained
         throughput (open-loop ramp to the knee), p50/p99 at 50/80/100% of it, and 2x overload;
     (c) the same service with ``CAPTION_MAX_BATCH_SIZE=1``;
@@ -24,6 +25,7 @@ import os
 import signal
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +60,10 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     offline_rounds: int = 2
     """Rounds over every batch size in (a) and (e); each size keeps its best round."""
+    offline_workers: int = 2
+    """(a) and (e) also run this many single-threaded pipelines side by side (the service's
+    default: ``CAPTION_MAX_CONCURRENT_BATCHES`` batches on one core each); the ceiling is the
+    better of that and one pipeline on every core. 1 = one pipeline only."""
     nice: int = -15
     """Scheduling priority of the benchmark and the service it starts (inherited): on a shared
     machine a negative value keeps other processes from distorting the figures (needs root;
@@ -120,20 +126,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # --- (a), (e): in process ---------------------------------------------------------------------
 
 
-def _offline(model: Any, blobs: list[bytes], batch_size: int) -> dict[str, float]:
-    """End-to-end images/s (decode..caption) and encoder-only images/s at one batch size."""
+def _caption_all(model: Any, blobs: list[bytes], batch_size: int) -> list[np.ndarray]:
+    """Decode, encode and greedily caption ``blobs`` in batches; return the pixel batches."""
     request = model.request()
-    warm = blobs[:batch_size]
-    model.caption(
-        model.encode(np.stack([model.preprocess(b) for b in warm])), [request] * len(warm)
-    )
-    start = time.perf_counter()
     arrays = []
     for i in range(0, len(blobs), batch_size):
         chunk = blobs[i : i + batch_size]
         x = np.stack([model.preprocess(b) for b in chunk])
         arrays.append(x)
         model.caption(model.encode(x), [request] * len(chunk))
+    return arrays
+
+
+def _offline(model: Any, blobs: list[bytes], batch_size: int) -> dict[str, float]:
+    """End-to-end images/s (decode..caption) and encoder-only images/s at one batch size."""
+    _caption_all(model, blobs[:batch_size], batch_size)  # warm-up
+    start = time.perf_counter()
+    arrays = _caption_all(model, blobs, batch_size)
     e2e = len(blobs) / (time.perf_counter() - start)
     start = time.perf_counter()
     for x in arrays:
@@ -142,31 +151,68 @@ def _offline(model: Any, blobs: list[bytes], batch_size: int) -> dict[str, float
     return {"batch_size": batch_size, "throughput": e2e, "encoder_throughput": encoder}
 
 
+def _offline_side_by_side(models: list[Any], blobs: list[bytes], batch_size: int) -> float:
+    """End-to-end images/s of one single-threaded pipeline per model, each on its share of
+    ``blobs``, all at once (ONNX Runtime and image decoding release the GIL)."""
+    shares = [blobs[i :: len(models)] for i in range(len(models))]
+    for model, share in zip(models, shares, strict=True):
+        _caption_all(model, share[:batch_size], batch_size)  # warm-up
+    with ThreadPoolExecutor(max_workers=len(models)) as pool:
+        start = time.perf_counter()
+        runs = [
+            pool.submit(_caption_all, m, share, batch_size)
+            for m, share in zip(models, shares, strict=True)
+        ]
+        for run in runs:
+            run.result()
+        return len(blobs) / (time.perf_counter() - start)
+
+
 def offline_phase(cfg: BenchConfig, blobs: list[bytes], *, use_int8: bool) -> dict[str, Any]:
     from service.runtime import CaptionModel
 
     model = CaptionModel.load(cfg.bundle_dir, use_int8=use_int8)
+    workers = [
+        CaptionModel.load(cfg.bundle_dir, use_int8=use_int8, intra_op_threads=1)
+        for _ in range(cfg.offline_workers if cfg.offline_workers > 1 else 0)
+    ]
     trials: dict[int, list[dict[str, float]]] = {size: [] for size in cfg.batch_sizes}
+    side: dict[int, list[float]] = {size: [] for size in cfg.batch_sizes}
     for _ in range(cfg.offline_rounds):  # rounds interleave the sizes: noise hits them alike
         for size in cfg.batch_sizes:
             trials[size].append(_offline(model, blobs, size))
+            if workers:
+                side[size].append(_offline_side_by_side(workers, blobs, size))
+    kind = "int8" if use_int8 else "fp32"
     rows: list[dict[str, Any]] = []
+    parallel_rows: list[dict[str, Any]] = []
     for size, runs in trials.items():
         rows.append(
             {
                 "batch_size": size,
+                "workers": 1,
                 "throughput": max(r["throughput"] for r in runs),
                 "encoder_throughput": max(r["encoder_throughput"] for r in runs),
                 "rounds": [round(r["throughput"], 2) for r in runs],
             }
         )
+        line = f"  {kind} batch {size}: {rows[-1]['throughput']:.1f} img/s end to end"
+        if workers:
+            parallel_rows.append(
+                {
+                    "batch_size": size,
+                    "workers": len(workers),
+                    "throughput": max(side[size]),
+                    "rounds": [round(t, 2) for t in side[size]],
+                }
+            )
+            line += f" ({len(workers)} x 1 thread: {parallel_rows[-1]['throughput']:.1f})"
         print(
-            f"  {'int8' if use_int8 else 'fp32'} batch {size}: {rows[-1]['throughput']:.1f} img/s "
-            f"end to end, encoder {rows[-1]['encoder_throughput']:.1f} img/s (best of "
+            f"{line}, encoder {rows[-1]['encoder_throughput']:.1f} img/s (best of "
             f"{cfg.offline_rounds})",
             flush=True,
         )
-    best = max(rows, key=lambda r: r["throughput"])
+    best = max([*rows, *parallel_rows], key=lambda r: r["throughput"])
     best_enc = max(rows, key=lambda r: r["encoder_throughput"])
     sample = model.caption_images(
         np.stack([model.preprocess(b) for b in blobs[:3]]), [model.request()] * 3
@@ -174,6 +220,7 @@ def offline_phase(cfg: BenchConfig, blobs: list[bytes], *, use_int8: bool) -> di
     return {
         "int8": use_int8,
         "rows": rows,
+        "parallel_rows": parallel_rows,
         "best": best,
         "best_encoder": best_enc,
         "sample_captions": [c[0].text for c in sample],

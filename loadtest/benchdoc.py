@@ -140,6 +140,12 @@ def verdict(name: str, value: float | None) -> str:
     return f"{'met' if ok else 'MISSED'} (target {op} {bound:g})"
 
 
+def _layout(row: dict[str, Any]) -> str:
+    """How the offline row ran: one pipeline on every core, or N single-threaded side by side."""
+    workers = int(row.get("workers", 1))
+    return "1 pipeline on all cores" if workers == 1 else f"{workers} pipelines x 1 thread"
+
+
 def _f(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -235,7 +241,8 @@ def write(path: Path, results: dict[str, Any], *, quick: bool) -> Path:
         "",
         "| | configuration | captions/s | p50 ms | p99 ms |",
         "|---|---|---|---|---|",
-        f"| a | offline in-process pipeline, best batch {off['best']['batch_size']} (ceiling) | "
+        f"| a | offline in-process pipeline, best batch {off['best']['batch_size']}, "
+        f"{_layout(off['best'])} (ceiling) | "
         f"{_f(r['a'])} | | |",
         f"| b | service over HTTP, batching (max sustained) | {_f(r['b'])} | "
         f"{_f(svc['levels']['1']['latency_ms'].get('p50'))} | "
@@ -249,7 +256,8 @@ def write(path: Path, results: dict[str, Any], *, quick: bool) -> Path:
     if "offline_int8" in results:
         i8 = results["offline_int8"]
         lines.append(
-            f"| e | offline pipeline, int8 encoder, best batch {i8['best']['batch_size']} | "
+            f"| e | offline pipeline, int8 encoder, best batch {i8['best']['batch_size']}, "
+            f"{_layout(i8['best'])} | "
             f"{_f(i8['best']['throughput'])} | | |"
         )
     lines += [
@@ -274,15 +282,19 @@ def write(path: Path, results: dict[str, Any], *, quick: bool) -> Path:
         *_floor_lines(results),
         "## Offline pipeline by batch size (a, e)",
         "",
-        "| encoder | batch | end to end img/s | encoder only img/s |",
-        "|---|---|---|---|",
+        "| encoder | batch | end to end img/s, 1 pipeline on all cores | end to end img/s, "
+        "pipelines side by side, 1 thread each | encoder only img/s |",
+        "|---|---|---|---|---|",
     ]
     for block in [off, results.get("offline_int8")]:
         if block:
+            side = {row["batch_size"]: row for row in block.get("parallel_rows", [])}
             for row in block["rows"]:
+                other = side.get(row["batch_size"])
+                parallel = f"{other['throughput']:.1f} ({other['workers']} x)" if other else ""
                 lines.append(
                     f"| {'int8' if block['int8'] else 'fp32'} | {row['batch_size']} | "
-                    f"{row['throughput']:.1f} | {row['encoder_throughput']:.1f} |"
+                    f"{row['throughput']:.1f} | {parallel} | {row['encoder_throughput']:.1f} |"
                 )
     lines += [
         "",

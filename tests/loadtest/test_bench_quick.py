@@ -30,6 +30,10 @@ def test_quick_bench_writes_the_report(
     assert r["b_over_a"] == pytest.approx(r["b"] / r["a"])
     assert 0 < r["f_encoder_fraction_of_peak"]
     assert "p99_at_80_over_idle_floor" in r and "finished_utc" in results
+    offline = results["offline"]  # the ceiling: one pipeline, or 2 single-threaded side by side
+    assert [row["workers"] for row in offline["parallel_rows"]] == [2, 2]
+    candidates = [row["throughput"] for row in offline["rows"] + offline["parallel_rows"]]
+    assert r["a"] == pytest.approx(max(candidates))
     assert set(results["service"]["levels"]) == {"0.5", "0.8", "1", "2"}
     assert results["naive"]["label"].startswith("ONNX fallback")  # the tiny bundle has no Keras
     doc = (tmp_path / "benchmarks.md").read_text()
