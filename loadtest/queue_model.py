@@ -3,11 +3,13 @@
 The model has only what no implementation can avoid:
 
 * requests arrive at random (Poisson) at ``rate`` per second, as the load generator sends them;
-* one model runs one batch at a time on the whole CPU; a batch of n images takes T(n), the
-  offline pipeline's measured time for that batch size (``batch_seconds``: linear between the
-  measured sizes), and nothing else ever takes CPU from it;
-* whenever the model is free it starts at once on everything waiting, up to ``max_batch``
-  images (no waiting for company, no hand-off cost).
+* ``servers`` copies of the model (1: one batch at a time on the whole CPU; 2: two
+  single-threaded batches side by side, as the service runs them) each run one batch at a
+  time; a batch of n images takes T(n), the offline pipeline's measured time for that batch
+  size in that layout (``batch_seconds``: linear between the measured sizes), and nothing else
+  ever takes CPU from them;
+* whenever a copy is free it starts at once on everything waiting, up to ``max_batch`` images
+  (no waiting for company, no hand-off cost).
 
 A request's latency is its batch's end minus its arrival. A real service also decodes images,
 speaks HTTP and shares the cores with them, so its tail can only be longer; ``ideal_p99`` tries
@@ -26,12 +28,13 @@ BatchTime = Callable[[int], float]
 CAPS = (1, 2, 4, 8, 16, 32)
 
 
-def batch_seconds(rows: Sequence[dict[str, Any]]) -> BatchTime:
-    """T(n) in seconds from offline rows ``{"batch_size", "throughput"}`` (images/s): linear
-    between the measured sizes, the nearest measured size's time per image beyond them."""
+def batch_seconds(rows: Sequence[dict[str, Any]], servers: int = 1) -> BatchTime:
+    """T(n) in seconds from offline rows ``{"batch_size", "throughput"}`` (images/s, all
+    ``servers`` together): linear between the measured sizes, the nearest measured size's time
+    per image beyond them."""
     ordered = sorted(rows, key=lambda r: r["batch_size"])
     sizes = np.array([float(r["batch_size"]) for r in ordered])
-    times = np.array([r["batch_size"] / r["throughput"] for r in ordered])
+    times = np.array([servers * r["batch_size"] / r["throughput"] for r in ordered])
 
     def seconds(n: int) -> float:
         if n > sizes[-1]:
@@ -58,6 +61,7 @@ def simulate(
     batch_time: BatchTime,
     *,
     max_batch: int,
+    servers: int = 1,
     arrivals: int = 100_000,
     seed: int = 0,
 ) -> Simulated:
@@ -66,40 +70,47 @@ def simulate(
     arrive = np.cumsum(rng.exponential(1.0 / rate, arrivals))
     latencies = np.empty(arrivals)
     sizes: list[int] = []
-    free_at = busy = 0.0
+    free_at = [0.0] * servers
+    busy = 0.0
     i = 0
     while i < arrivals:
-        start = max(free_at, arrive[i])
+        server = int(np.argmin(free_at))
+        start = max(free_at[server], arrive[i])
         waiting = int(np.searchsorted(arrive, start, side="right")) - i
         n = max(1, min(waiting, max_batch))
         took = batch_time(n)
-        free_at = start + took
+        free_at[server] = start + took
         busy += took
-        latencies[i : i + n] = free_at - arrive[i : i + n]
+        latencies[i : i + n] = free_at[server] - arrive[i : i + n]
         sizes.append(n)
         i += n
-    return Simulated(latencies, np.array(sizes), float(busy / free_at))
+    return Simulated(latencies, np.array(sizes), float(busy / (servers * max(free_at))))
 
 
 def ideal_p99(
     rows: Sequence[dict[str, Any]],
     rate: float,
     *,
+    servers: int = 1,
     caps: Sequence[int] = CAPS,
     arrivals: int = 100_000,
     seed: int = 0,
 ) -> dict[str, Any] | None:
-    """The lowest p99 (and its p50, batch cap, mean batch) the ideal server reaches at ``rate``
-    over the batch ``caps``; ``None`` when no cap keeps up (the backlog grows without end)."""
-    batch_time = batch_seconds(rows)
+    """The lowest p99 (and its p50, batch cap, mean batch) the ideal server with ``servers``
+    copies reaches at ``rate`` over the batch ``caps``, ``rows`` measured in that layout;
+    ``None`` when no cap keeps up (the backlog grows without end)."""
+    batch_time = batch_seconds(rows, servers)
     best: dict[str, Any] | None = None
     for cap in caps:
-        if cap / batch_time(cap) <= rate:  # even full batches cannot keep up
+        if servers * cap / batch_time(cap) <= rate:  # even full batches cannot keep up
             continue
-        run = simulate(rate, batch_time, max_batch=cap, arrivals=arrivals, seed=seed)
+        run = simulate(
+            rate, batch_time, max_batch=cap, servers=servers, arrivals=arrivals, seed=seed
+        )
         p50, p99 = np.percentile(run.latencies_s, [50, 99]) * 1000.0
         if best is None or p99 < best["p99_ms"]:
             best = {
+                "servers": servers,
                 "max_batch": cap,
                 "p50_ms": float(p50),
                 "p99_ms": float(p99),

@@ -276,6 +276,32 @@ def test_queue_model_batches_what_waits_and_keeps_up_where_single_images_cannot(
     assert ideal_p99(rows, 1000.0) is None  # more than any batch size can serve (16: 400/s)
 
 
+def test_queue_model_runs_batches_side_by_side() -> None:
+    """Two single-image servers at 20 ms each serve 100/s between them: at 50/s they are busy
+    half the time, and no request waits much longer than its own 20 ms."""
+    from loadtest.queue_model import batch_seconds, simulate
+
+    rows = [{"batch_size": 1, "throughput": 100.0}]  # both servers together
+    per_server = batch_seconds(rows, servers=2)
+    assert per_server(1) == pytest.approx(0.020)
+    run = simulate(50.0, per_server, max_batch=1, servers=2, arrivals=100_000)
+    assert run.busy_fraction == pytest.approx(0.5, rel=0.03)
+    assert float(np.median(run.latencies_s)) == pytest.approx(0.020, rel=0.01)
+
+
+def test_p99_floor_takes_the_kinder_layout() -> None:
+    from loadtest.benchdoc import p99_floor
+
+    one = [{"batch_size": n, "throughput": t} for n, t in ((1, 50.0), (4, 100.0), (8, 110.0))]
+    side = [{"batch_size": n, "workers": 2, "throughput": 1.3 * r["throughput"]} for n, r in
+            zip((1, 4, 8), one, strict=True)]  # fmt: skip
+    alone = p99_floor(one, 85.0, idle_p50_ms=25.0)
+    both = p99_floor(one, 85.0, idle_p50_ms=25.0, parallel_rows=side)
+    assert alone is not None and both is not None
+    assert (alone["servers"], both["servers"]) == (1, 2)
+    assert both["p99_floor_ms"] < alone["p99_floor_ms"]
+
+
 def test_p99_floor_adds_the_time_outside_the_model_to_the_ideal_p99() -> None:
     from loadtest.benchdoc import p99_floor
     from loadtest.queue_model import ideal_p99
