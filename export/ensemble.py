@@ -33,7 +33,7 @@ def _attention_members(run_dirs: Sequence[Path]) -> tuple[Any, Any, int]:
     """(encoder emitting the concatenated memories, ensemble step model, memory width)."""
     from training.attention import AttentionConfig, memory_dim, memory_models
 
-    heads, steps, width = [], [], 0
+    heads, steps, configs, width = [], [], [], 0
     for run_dir in run_dirs:
         run = load_run(Path(run_dir))
         cfg = run.model_config
@@ -42,10 +42,10 @@ def _attention_members(run_dirs: Sequence[Path]) -> tuple[Any, Any, int]:
         head, step = memory_models(run.step_model, cfg)
         heads.append(head)
         steps.append(step)
+        configs.append(run.config)
         width += memory_dim(cfg)
-    first = load_run(Path(run_dirs[0]))
     encoder = attach_memory_head(
-        run_encoder(first.config, attention=True), build_memory_ensemble_head(heads)
+        run_encoder(configs[0], attention=True), build_memory_ensemble_head(heads)
     )
     return encoder, build_attention_ensemble_step_model(steps), width
 
