@@ -92,7 +92,8 @@ def _combined_outputs(logprobs: list[Any], h_outs: list[Any], c_outs: list[Any])
     }
 
 
-def _attention_state_sizes(step_model: keras.Model) -> int:
+def _hidden_size(step_model: keras.Model) -> int:
+    """Width of a member's ``h`` (a GRU member has no ``c`` to compare it with)."""
     return int(step_model.input["h"].shape[-1])
 
 
@@ -118,7 +119,7 @@ def build_attention_ensemble_step_model(members: Sequence[keras.Model]) -> keras
     ``token``, ``h``, ``c``, ``image_features`` (B, N, sum M_i)."""
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two members")
-    sizes = [_attention_state_sizes(m) for m in members]
+    sizes = [_hidden_size(m) for m in members]
     memory_dims = [int(m.input["image_features"].shape[-1]) for m in members]
     grid_sizes = {int(m.input["image_features"].shape[1]) for m in members}
     vocab_sizes = {int(m.output["logprobs"].shape[-1]) for m in members}

@@ -184,29 +184,35 @@ def test_config_refuses_an_unknown_cell() -> None:
 # ------------------------------------------------------------------ a tiny real run, exported
 
 
-@pytest.fixture(scope="module")
-def attention_run(tmp_path_factory: pytest.TempPathFactory, flickr8k_dir: Path) -> Path:
+def _tiny_attention_run(root: Path, flickr8k_dir: Path, **overrides: Any) -> Path:
+    """A few epochs of the attention decoder on 40 train images (the same images, so the same
+    vocabulary, whatever ``overrides`` change)."""
     from training.train import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("attention-run")
+    settings: dict[str, Any] = {
+        "decoder": "attention",
+        "limit": 40,
+        "units": 16,
+        "embed_dim": 16,
+        "attention_dim": 16,
+        "min_count": 2,
+        "batch_size": 16,
+        "lr": 3e-3,
+        **overrides,
+    }
     cfg = TrainConfig(
         run_dir=str(root / "run"),
         data_dir=str(flickr8k_dir),
         cache_dir=str(root / "cache"),
-        decoder="attention",
-        cell="lstm",
-        coverage=0.1,
-        limit=40,
-        units=16,
-        embed_dim=16,
-        attention_dim=16,
-        min_count=2,
-        batch_size=16,
-        epochs=3,
-        lr=3e-3,
-        patience=3,
+        **settings,
     )
     return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def attention_run(tmp_path_factory: pytest.TempPathFactory, flickr8k_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("attention-run")
+    return _tiny_attention_run(root, flickr8k_dir, cell="lstm", coverage=0.1, epochs=3, patience=3)
 
 
 @pytest.fixture(scope="module")
@@ -224,26 +230,10 @@ def attention_bundle(
 @pytest.fixture(scope="module")
 def gru_run(tmp_path_factory: pytest.TempPathFactory, flickr8k_dir: Path) -> Path:
     """A GRU twin of ``attention_run`` on the same images (same vocabulary), another seed."""
-    from training.train import TrainConfig, train
-
     root = tmp_path_factory.mktemp("attention-gru-run")
-    cfg = TrainConfig(
-        run_dir=str(root / "run"),
-        data_dir=str(flickr8k_dir),
-        cache_dir=str(root / "cache"),
-        decoder="attention",
-        cell="gru",
-        limit=40,
-        units=8,
-        embed_dim=16,
-        attention_dim=8,
-        min_count=2,
-        batch_size=16,
-        epochs=2,
-        lr=3e-3,
-        seed=7,
+    return _tiny_attention_run(
+        root, flickr8k_dir, cell="gru", units=8, attention_dim=8, epochs=2, seed=7
     )
-    return train(cfg)
 
 
 def test_tiny_run_learns_on_the_grid(attention_run: Path) -> None:
