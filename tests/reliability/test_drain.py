@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 DRAIN_TIMEOUT_S = 10.0
 RATE = 15.0  # requests/s: below the heavy bundle's capacity, enough to keep the queue busy
-BURST = 4  # extra requests sent just before and right after SIGTERM
+BURST = 12  # extra requests sent just before and right after SIGTERM
 
 
 @dataclass
@@ -63,6 +63,18 @@ async def _one(client: httpx.AsyncClient, jpeg: bytes, t0: float) -> Outcome:
     return Outcome(sent, r.status_code, None if r.status_code == 200 else r.json().get("code"))
 
 
+async def _until_pending(client: httpx.AsyncClient, count: int) -> None:
+    """Wait until the server holds at least ``count`` caption requests (its pending gauge)."""
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        text = (await client.get("/metrics")).text
+        line = next(x for x in text.splitlines() if x.startswith("caption_pending_"))
+        if float(line.split()[-1]) >= count:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"the server never held {count} requests")
+
+
 async def _readiness(url: str, t0: float, stop: asyncio.Event) -> list[tuple[float, int, str]]:
     seen: list[tuple[float, int, str]] = []
     async with httpx.AsyncClient(timeout=5) as client:
@@ -87,10 +99,12 @@ async def _scenario(proc: ServiceProcess, jpeg: bytes) -> dict[str, object]:
         for i in range(int(RATE * 8)):  # 8 s of arrivals; SIGTERM at 3 s
             await asyncio.sleep(max(0.0, t0 + i / RATE - time.monotonic()))
             if signalled is None and time.monotonic() - t0 >= 3.0:
-                # queue a little work first, so the drain lasts a few batches (at RATE alone the
-                # queue is often empty and the drain over before a /readyz poll sees it)
+                # queue work first and wait until the server holds it, so the drain lasts
+                # several batches (at RATE alone the queue is often empty, and a fixed pause
+                # let a fast run finish the burst: the drain was over before a /readyz poll or
+                # a new request could see it)
                 tasks.extend(asyncio.create_task(_one(client, jpeg, t0)) for _ in range(BURST))
-                await asyncio.sleep(0.1)
+                await _until_pending(client, BURST // 2)
                 proc.process.send_signal(signal.SIGTERM)
                 signalled = time.monotonic() - t0
                 # a burst on the pool's kept-alive connections while the batch in flight drains
