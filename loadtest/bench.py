@@ -5,6 +5,8 @@
         side (as the service runs its concurrent batches): the ceiling;
     (b) the service over HTTP (``python -m service`` subprocess) with batching: max sustained
         throughput (open-loop ramp to the knee), p50/p99 at 50/80/100% of it, and 2x overload;
+        the 100% step runs in turns with (a) at its best configuration, and b/a is the ratio of
+        their medians;
     (c) the same service with ``CAPTION_MAX_BATCH_SIZE=1``;
     (d) the naive baseline (``loadtest.baseline``) on a few images, one at a time;
     (e) int8 encoder against fp32, when the bundle has one;
@@ -23,8 +25,10 @@ import functools
 import gc
 import os
 import signal
+import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +45,8 @@ from loadtest.report import plot_steps, write_json
 from loadtest.service_proc import ServiceProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+OfflineRun = Callable[[], float]
+"""One run of the offline pipeline in a fixed configuration: its images/s."""
 KNEE_BOUND_X_IDLE = 20.0
 KNEE_BOUND_MIN_MS = 1000.0
 """A ramp step is past the knee when the throughput stops following the offered rate, errors
@@ -74,6 +80,11 @@ class BenchConfig:
     """Duration of each ramp step."""
     level_s: float = 15.0
     """Duration of the 50/80/100% and 2x runs."""
+    paired_rounds: int = 3
+    """At (b)'s max sustained rate, this many turns of: the offline pipeline at (a)'s best
+    configuration, then a 100% step of the service. b/a is the ratio of their medians: noise on
+    a shared machine hits both alike, where (a)'s sweep keeps each size's best round (a lucky
+    burst) and the ramp's best step is one run."""
     naive_images: int = 5
     profile: bool = True
     """Sample the service with py-spy during an extra step at its max sustained rate."""
@@ -94,7 +105,7 @@ class BenchConfig:
             cfg.quick = True
             cfg.offline_images, cfg.batch_sizes, cfg.offline_rounds = 16, (1, 4), 1
             cfg.idle_s, cfg.step_s, cfg.level_s = 1.5, 1.5, 1.5
-            cfg.naive_images, cfg.max_rate = 1, 120.0
+            cfg.naive_images, cfg.max_rate, cfg.paired_rounds = 1, 120.0, 1
             cfg.coarse_steps, cfg.fine_steps = 3, 0
         for item in args.service_env or []:
             key, _, value = item.partition("=")
@@ -166,6 +177,18 @@ def _offline_side_by_side(models: list[Any], blobs: list[bytes], batch_size: int
         for run in runs:
             run.result()
         return len(blobs) / (time.perf_counter() - start)
+
+
+def offline_rerun(cfg: BenchConfig, blobs: list[bytes], best: dict[str, Any]) -> OfflineRun:
+    """(a) again at its best configuration (batch size and layout), as often as asked."""
+    from service.runtime import CaptionModel
+
+    size, workers = int(best["batch_size"]), int(best.get("workers", 1))
+    if workers > 1:
+        models = [CaptionModel.load(cfg.bundle_dir, intra_op_threads=1) for _ in range(workers)]
+        return lambda: _offline_side_by_side(models, blobs, size)
+    model = CaptionModel.load(cfg.bundle_dir)
+    return lambda: _offline(model, blobs, size)["throughput"]
 
 
 def offline_phase(cfg: BenchConfig, blobs: list[bytes], *, use_int8: bool) -> dict[str, Any]:
@@ -301,8 +324,73 @@ async def _capacity(
     }
 
 
+async def _level(
+    client: generator.LoadClient,
+    target: generator.Target,
+    pool: PayloadPool,
+    cfg: BenchConfig,
+    pid: int,
+    *,
+    rate: float,
+    seed: int,
+) -> dict[str, Any]:
+    """One open-loop step at ``rate``, with the CPU the service and the generator used and
+    waited for."""
+    sched0 = schedstat(pid), schedstat()
+    step = await generator.open_loop(
+        client, target, pool, rate=rate, duration_s=cfg.level_s, seed=seed, progress=not cfg.quick
+    )
+    sched1 = schedstat(pid), schedstat()
+    summary = step.summary()
+    summary["cpu_wait"] = {
+        who: {"cpu_s": after[0] - before[0], "waited_for_cpu_s": after[1] - before[1]}
+        for who, before, after in (
+            ("service", sched0[0], sched1[0]),
+            ("generator", sched0[1], sched1[1]),
+        )
+    }
+    print("  " + generator.step_line(summary), flush=True)
+    return summary
+
+
+async def _paired_levels(
+    level: Callable[..., Awaitable[dict[str, Any]]],
+    *,
+    rounds_asked: int,
+    rate: float,
+    offline: OfflineRun,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The 100% level (``level(rate=, seed=)``), ``rounds_asked`` times, each after a run of the
+    offline pipeline: returns the step with the median throughput and the paired figures."""
+    rounds: list[tuple[float, dict[str, Any]]] = []
+    for i in range(rounds_asked):
+        ceiling = offline()  # the service is idle meanwhile
+        print(f"  paired round {i + 1}: offline {ceiling:.1f} img/s", flush=True)
+        rounds.append((ceiling, await level(rate=rate, seed=10 + i)))
+    served = sorted(rounds, key=lambda r: r[1]["throughput"])
+    paired = {
+        "rate": rate,
+        "rounds": [
+            {
+                "offline": a,
+                "service": s["throughput"],
+                "p50_ms": s["latency_ms"].get("p50"),
+                "p99_ms": s["latency_ms"].get("p99"),
+            }
+            for a, s in rounds
+        ],
+        "offline_median": statistics.median(a for a, _ in rounds),
+        "service_median": statistics.median(s["throughput"] for _, s in rounds),
+    }
+    return served[len(served) // 2][1], paired
+
+
 async def _service_run(
-    cfg: BenchConfig, pool: PayloadPool, env: dict[str, str], ceiling: float
+    cfg: BenchConfig,
+    pool: PayloadPool,
+    env: dict[str, str],
+    ceiling: float,
+    offline: OfflineRun | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"env": env}
     env.setdefault("CAPTION_LOG_LEVEL", "warning")  # no access log line per request under load
@@ -331,32 +419,16 @@ async def _service_run(
             best = cap["max_sustained_throughput"] or cap["steps"][0]["throughput"]
             print(f"  max sustained throughput {best:.1f}/s", flush=True)
             levels: dict[str, Any] = {}
+            assert svc.pid is not None
+            level = functools.partial(_level, client, target, pool, cfg, svc.pid)
             for frac in (0.5, 0.8, 1.0, 2.0):
                 rate = max(0.5, frac * best)
-                assert svc.pid is not None
-                sched0 = schedstat(svc.pid), schedstat()
-                step = await generator.open_loop(
-                    client,
-                    target,
-                    pool,
-                    rate=rate,
-                    duration_s=cfg.level_s,
-                    seed=int(frac * 10),
-                    progress=not cfg.quick,
-                )
-                sched1 = schedstat(svc.pid), schedstat()
-                levels[f"{frac:g}"] = step.summary()
-                levels[f"{frac:g}"]["cpu_wait"] = {
-                    who: {
-                        "cpu_s": after[0] - before[0],
-                        "waited_for_cpu_s": after[1] - before[1],
-                    }
-                    for who, before, after in (
-                        ("service", sched0[0], sched1[0]),
-                        ("generator", sched0[1], sched1[1]),
+                if frac == 1.0 and offline is not None:
+                    levels["1"], out["paired"] = await _paired_levels(
+                        level, rounds_asked=cfg.paired_rounds, rate=rate, offline=offline
                     )
-                }
-                print("  " + generator.step_line(levels[f"{frac:g}"]), flush=True)
+                    continue
+                levels[f"{frac:g}"] = await level(rate=rate, seed=int(frac * 10))
             out["levels"] = levels
             if cfg.profile:
                 out["profile"] = await _profiled_step(client, target, pool, cfg, svc, best)
@@ -385,13 +457,17 @@ async def _profiled_step(
 
 
 def service_phase(
-    cfg: BenchConfig, pool: PayloadPool, ceiling: float, batching: bool
+    cfg: BenchConfig,
+    pool: PayloadPool,
+    ceiling: float,
+    batching: bool,
+    offline: OfflineRun | None = None,
 ) -> dict[str, Any]:
     env = dict(cfg.service_env)
     if not batching:
         env["CAPTION_MAX_BATCH_SIZE"] = "1"
     meter = CpuMeter().start()
-    out = asyncio.run(_service_run(cfg, pool, env, ceiling))
+    out = asyncio.run(_service_run(cfg, pool, env, ceiling, offline))
     out["cpu"] = meter.read()
     return out
 
@@ -445,7 +521,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
     pool = PayloadPool.from_images(paths[: len(blobs)], "upload")
     print("(b) service with batching", flush=True)
-    results["service"] = service_phase(cfg, pool, ceiling, batching=True)
+    rerun = offline_rerun(cfg, blobs, results["offline"]["best"]) if cfg.paired_rounds else None
+    results["service"] = service_phase(cfg, pool, ceiling, batching=True, offline=rerun)
+    del rerun
     print("(c) service with CAPTION_MAX_BATCH_SIZE=1", flush=True)
     results["service_batch1"] = service_phase(cfg, pool, ceiling, batching=False)
 

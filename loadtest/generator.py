@@ -319,11 +319,13 @@ def past_knee(
     max_error_share: float = 0.01,
 ) -> str | None:
     """Why a step is past the knee, or ``None`` if the service kept up with it."""
-    offered = summary.get("offered_actual") or summary["offered_rate"]
+    offered = (
+        summary.get("offered_window") or summary.get("offered_actual") or summary["offered_rate"]
+    )
     if offered and summary["throughput"] < follow_ratio * offered:
         return (
             f"throughput {summary['throughput']:.1f}/s < {follow_ratio:g} x offered "
-            f"{offered:.1f}/s (arrivals sent)"
+            f"{offered:.1f}/s (arrivals in the same window)"
         )
     if summary["error_share"] > max_error_share:
         return f"error share {summary['error_share']:.1%} > {max_error_share:.1%}"

@@ -33,11 +33,17 @@ def test_quick_bench_writes_the_report(
     offline = results["offline"]  # the ceiling: one pipeline, or 2 single-threaded side by side
     assert [row["workers"] for row in offline["parallel_rows"]] == [2, 2]
     candidates = [row["throughput"] for row in offline["rows"] + offline["parallel_rows"]]
-    assert r["a"] == pytest.approx(max(candidates))
+    assert r["a_sweep"] == pytest.approx(max(candidates))
+    # b/a from the paired runs: the offline pipeline, at that best configuration, in turns with
+    # the service at its max sustained rate (one turn in quick mode)
+    paired = results["service"]["paired"]
+    assert [r["a"], r["b"]] == [paired["offline_median"], paired["service_median"]]
+    assert len(paired["rounds"]) == 1 and paired["rounds"][0]["offline"] > 0
+    assert paired["rate"] == pytest.approx(results["service"]["levels"]["1"]["offered_rate"])
     assert set(results["service"]["levels"]) == {"0.5", "0.8", "1", "2"}
     assert results["naive"]["label"].startswith("ONNX fallback")  # the tiny bundle has no Keras
     doc = (tmp_path / "benchmarks.md").read_text()
     for heading in ("## Summary", "## Ratios and targets", "## Roofline (f)", "### batching (b)",
-                    "QUICK MODE", "benchmarks.png"):  # fmt: skip
+                    "### Paired runs", "QUICK MODE", "benchmarks.png"):  # fmt: skip
         assert heading in doc
     assert (tmp_path / "benchmarks.png").read_bytes()[:4] == b"\x89PNG"

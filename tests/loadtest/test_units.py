@@ -19,6 +19,7 @@ from loadtest.generator import arrival_offsets, past_knee
 from loadtest.payloads import PayloadPool, find_images, prepare
 from loadtest.report import plot_steps, write_json
 from loadtest.static_server import StaticServer
+from loadtest.stats import RequestRecord, StepResult
 
 
 def test_constant_arrivals_are_evenly_spaced() -> None:
@@ -177,6 +178,25 @@ def test_knee_criteria() -> None:
     assert "throughput" in str(past_knee(base | {"throughput": 40.0}, p99_bound_ms=200))
     assert "p99" in str(past_knee(base, p99_bound_ms=50))
     assert "error" in str(past_knee(base | {"error_share": 0.2}, p99_bound_ms=200))
+
+
+def _open_step(rate: float, answered_at: list[float], seconds: float = 8.0) -> StepResult:
+    sent = [i / rate for i in range(round(rate * seconds))]
+    records = [RequestRecord(t, t, done, 200) for t, done in zip(sent, answered_at, strict=True)]
+    return StepResult("open", seconds, records, offered_rate=rate, arrivals="constant")
+
+
+def test_throughput_is_the_rate_served_not_charged_for_latency() -> None:
+    # a service that keeps up at 10/s, each answer 1 s late: it served 10/s
+    kept_up = _open_step(10.0, [i / 10 + 1.0 for i in range(80)]).summary()
+    assert kept_up["throughput"] == pytest.approx(10.0, rel=0.05)
+    assert kept_up["throughput_with_drain"] == pytest.approx(80 / 8.9)  # the old figure: 10% low
+    assert past_knee(kept_up, p99_bound_ms=2000) is None
+    # 20/s offered to a service that answers 10/s (its queue grows): 10/s, past the knee
+    behind = _open_step(20.0, [0.1 * (i + 1) for i in range(160)]).summary()
+    assert behind["offered_window"] == pytest.approx(20.0, rel=0.05)
+    assert behind["throughput"] == pytest.approx(10.0, rel=0.05)
+    assert "throughput" in str(past_knee(behind, p99_bound_ms=60_000))
 
 
 async def test_raw_client_reads_chunked_and_closed_responses() -> None:
