@@ -104,9 +104,7 @@ class StepResult:
             "duration_s": self.duration_s,
             "requests": len(records),
             "ok": len(ok),
-            "throughput": (
-                sum(warm <= r.done <= stop for r in ok) / window if window > 0 else 0.0
-            ),
+            "throughput": (sum(warm <= r.done <= stop for r in ok) / window if window > 0 else 0.0),
             "throughput_with_drain": len(ok) / end if end > 0 else 0.0,
             "latency_ms": percentiles_ms([r.latency for r in ok]),
             "latency_mean_ms": 1000 * float(np.mean([r.latency for r in ok])) if ok else None,
