@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -13,7 +14,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from loadtest import promscrape
+from loadtest import generator, promscrape
+from loadtest.bench import BenchConfig, _capacity
 from loadtest.flops import count_macs
 from loadtest.generator import arrival_offsets, past_knee
 from loadtest.payloads import PayloadPool, find_images, prepare
@@ -197,6 +199,47 @@ def test_throughput_is_the_rate_served_not_charged_for_latency() -> None:
     assert behind["offered_window"] == pytest.approx(20.0, rel=0.05)
     assert behind["throughput"] == pytest.approx(10.0, rel=0.05)
     assert "throughput" in str(past_knee(behind, p99_bound_ms=60_000))
+
+
+class _FakeStep:
+    def __init__(self, summary: dict[str, Any]) -> None:
+        self._summary = summary
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self._summary)
+
+
+async def test_bench_knee_search_lets_the_longer_steps_decide(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An 8 s coarse step caught by a burst stops the coarse ramp below the service's capacity
+    (110/s); the finer 15 s steps go on through that rate until one bends, and they set the max
+    sustained rate."""
+    capacity = 110.0
+
+    async def open_loop(*_: object, rate: float, duration_s: float, **__: object) -> _FakeStep:
+        burst = duration_s < 10 and rate >= 104  # the short step fell behind for a moment
+        return _FakeStep(
+            {
+                "offered_rate": rate,
+                "offered_window": rate,
+                "duration_s": duration_s,
+                "throughput": min(rate, capacity) * (0.9 if burst else 1.0),
+                "error_share": 0.0,
+                "latency_ms": {"p99": 2000.0 if rate > capacity else 300.0},
+            }
+        )
+
+    monkeypatch.setattr(generator, "open_loop", open_loop)
+    cfg = BenchConfig(bundle_dir=tmp_path, images=None, out_dir=tmp_path, step_s=8, fine_step_s=15)
+    cap = await _capacity(None, None, None, cfg, ceiling=120.0, bound_ms=1000.0)  # type: ignore[arg-type]
+    coarse = [s["offered_rate"] for s in cap["steps"] if s["duration_s"] == 8]
+    fine = [s["offered_rate"] for s in cap["steps"] if s["duration_s"] == 15]
+    assert coarse[-1] == 108  # where the coarse ramp (steps of 12/s) stopped
+    assert fine == pytest.approx([99, 102, 105, 108, 111])  # through 108 until a step bent
+    assert cap["max_sustained_rate"] == pytest.approx(108.0)  # held by a 15 s step
+    assert cap["max_sustained_throughput"] == pytest.approx(108.0)
+    assert "p99" in cap["knee_reason"]  # the finer ramp bent past the capacity (at 111/s)
 
 
 async def test_raw_client_reads_chunked_and_closed_responses() -> None:
