@@ -63,9 +63,9 @@ async def _one(client: httpx.AsyncClient, jpeg: bytes, t0: float) -> Outcome:
     return Outcome(sent, r.status_code, None if r.status_code == 200 else r.json().get("code"))
 
 
-async def _until_pending(client: httpx.AsyncClient, count: int) -> None:
+async def _until_pending(client: httpx.AsyncClient, count: int, timeout_s: float = 5.0) -> None:
     """Wait until the server holds at least ``count`` caption requests (its pending gauge)."""
-    deadline = time.monotonic() + 5.0
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         text = (await client.get("/metrics")).text
         line = next(x for x in text.splitlines() if x.startswith("caption_pending_"))
@@ -196,12 +196,7 @@ def test_drain_timeout_bounds_the_exit_and_leftovers_get_an_answer(
         limits = httpx.Limits(max_connections=200)
         async with httpx.AsyncClient(base_url=proc.url, timeout=60, limits=limits) as client:
             tasks = [asyncio.create_task(_one(client, jpeg, t0)) for _ in range(150)]
-            while True:  # wait until the server holds them all
-                text = (await client.get("/metrics")).text
-                line = next(x for x in text.splitlines() if x.startswith("caption_pending_"))
-                if float(line.split()[-1]) >= 150:
-                    break
-                await asyncio.sleep(0.01)
+            await _until_pending(client, 150, timeout_s=30.0)  # the server holds them all
             proc.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             outcomes = await asyncio.gather(*tasks)
