@@ -245,6 +245,33 @@ def test_tiny_run_learns_on_the_grid(attention_run: Path) -> None:
     assert config["model"]["grid_size"] == 49 and config["model"]["feature_dim"] == 1280
 
 
+def test_coverage_report_reproduces_the_runs_validation_loss(
+    attention_run: Path,
+    gru_run: Path,
+    flickr8k_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from training.coverage import main
+
+    runs = [attention_run, gru_run]
+    argv = ["--run-dir", *map(str, runs), "--data-dir", str(flickr8k_dir)]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["run"] for row in rows] == [str(run) for run in runs]
+    for run, row in zip(runs, rows, strict=True):
+        history = json.loads((run / "history.json").read_text())
+        # the best weights, scored on the same validation batches as in training
+        assert row["val_ce"] == pytest.approx(history["best_val_ce"], abs=1e-4)
+        assert 0.0 <= row["penalty"] < 49 * 20**2  # at most every word on one cell
+
+    merge_run = tmp_path / "merge-run"
+    merge_run.mkdir()
+    (merge_run / "config.json").write_text(json.dumps({"decoder": "merge"}))
+    assert main(["--run-dir", str(merge_run)]) == 2
+    assert "not an attention run" in capsys.readouterr().err
+
+
 def test_bundle_declares_the_memory_and_the_attention_output(attention_bundle: Path) -> None:
     from service.manifest import load_manifest, verify_files
 
