@@ -13,7 +13,6 @@ the grid; training with ``--coverage`` pulls a decoder towards 0. Prints a JSON 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -33,27 +32,32 @@ def measure(run_dir: Path, data_dir: Path | None = None) -> dict[str, float | st
     config = json.loads((run_dir / CONFIG_FILE).read_text())
     if config.get("decoder") != "attention":
         raise ValueError(f"{run_dir} is not an attention run (decoder={config.get('decoder')!r})")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in config.items() if k in fields})
+    cfg = TrainConfig.from_saved(config)
     if data_dir is not None:
         cfg.data_dir = str(data_dir)
     with tempfile.TemporaryDirectory() as scratch:  # prepare() writes a vocabulary
         data = prepare(cfg, Path(scratch))
     val = make_dataset(data.features, data.val, cfg.batch_size, range(1), None)
 
-    losses: dict[float, float] = {}
-    ce = float("nan")
-    for weight in (0.0, 1.0):  # same weights; the loss difference is the penalty alone
-        model_config = AttentionConfig.from_dict({**config["model"], "coverage": weight})
-        model = build_training_model(model_config)
+    def scored(weight: float) -> dict[str, float]:
+        model = build_training_model(
+            AttentionConfig.from_dict({**config["model"], "coverage": weight})
+        )
         model.load_weights(run_dir / BEST_WEIGHTS_FILE)
         model.compile(
             loss=MaskedCrossEntropy(0.0),
             weighted_metrics=[keras.metrics.MeanMetricWrapper(token_ce, name="ce")],
         )
-        result = model.evaluate(val, verbose=0, return_dict=True)
-        losses[weight], ce = float(result["loss"]), float(result["ce"])
-    return {"run": str(run_dir), "val_ce": ce, "penalty": losses[1.0] - losses[0.0]}
+        return {k: float(v) for k, v in model.evaluate(val, verbose=0, return_dict=True).items()}
+
+    # same weights scored with and without the penalty: the loss difference is the penalty alone
+    # (the loss averages batches, the ce metric words, so loss - ce would not be)
+    plain, penalised = scored(0.0), scored(1.0)
+    return {
+        "run": str(run_dir),
+        "val_ce": plain["ce"],
+        "penalty": penalised["loss"] - plain["loss"],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

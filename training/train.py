@@ -110,6 +110,13 @@ class TrainConfig:
     def embedding_size(self) -> int:
         return 50 if self.glove else (self.embed_dim or 256)
 
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+        """The config a run saved in its ``config.json`` (which also holds the model's config
+        and data counts); fields an older run lacks come from ``base`` (default: the defaults)."""
+        defaults = asdict(base if base is not None else cls())
+        return cls(**{k: saved.get(k, v) for k, v in defaults.items()})
+
 
 # ----------------------------------------------------------------------------------- data
 
@@ -366,8 +373,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Pat
     config_path = run_dir / CONFIG_FILE
     if resume and config_path.exists():
         saved = json.loads(config_path.read_text())
-        known = {k: saved.get(k, v) for k, v in asdict(cfg).items()}  # older runs lack new fields
-        cfg = TrainConfig(**{**known, "run_dir": str(run_dir)})
+        cfg = TrainConfig.from_saved({**saved, "run_dir": str(run_dir)}, base=cfg)
         log.info("resume: using the run's saved config %s", config_path)
     elif config_path.exists() and not force:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume or --force")
