@@ -125,7 +125,7 @@ class OnnxPrefixBaseline:
     label = "ONNX fallback (no Keras weights in bundle): batch 1, prefix re-run per word"
 
     def __init__(self, bundle_dir: Path) -> None:
-        from service.runtime import CaptionModel
+        from service.model import CaptionModel
 
         self.model = CaptionModel.load(bundle_dir)
 

@@ -193,7 +193,7 @@ def _offline_side_by_side(models: list[Any], blobs: list[bytes], batch_size: int
 
 def offline_rerun(cfg: BenchConfig, blobs: list[bytes], best: dict[str, Any]) -> OfflineRun:
     """(a) again at its best configuration (batch size and layout), as often as asked."""
-    from service.runtime import CaptionModel
+    from service.model import CaptionModel
 
     size, workers = int(best["batch_size"]), int(best.get("workers", 1))
     if workers > 1:
@@ -204,7 +204,7 @@ def offline_rerun(cfg: BenchConfig, blobs: list[bytes], best: dict[str, Any]) ->
 
 
 def offline_phase(cfg: BenchConfig, blobs: list[bytes], *, use_int8: bool) -> dict[str, Any]:
-    from service.runtime import CaptionModel
+    from service.model import CaptionModel
 
     model = CaptionModel.load(cfg.bundle_dir, use_int8=use_int8)
     workers = [
@@ -497,7 +497,7 @@ def service_phase(
 
 def _greedy_captions(cfg: BenchConfig, blobs: list[bytes]) -> list[str]:
     """What the ONNX model says greedily for these images (to check the baseline's weights)."""
-    from service.runtime import CaptionModel
+    from service.model import CaptionModel
 
     model = CaptionModel.load(cfg.bundle_dir)
     x = np.stack([model.preprocess(b) for b in blobs])

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from service.app import create_app
 from service.logs import configure_logging
 from service.manifest import BundleError
-from service.runtime import CaptionModel, ProviderUnavailable
+from service.model import CaptionModel, ProviderUnavailable
 from service.settings import Settings
 from service.state import ServiceState
 from service.urlfetch import FetchPolicy

@@ -31,7 +31,7 @@ from service.inputs import (
     parse_batch_request,
     parse_caption_request,
 )
-from service.pipeline import CaptionJob
+from service.batch_runner import CaptionJob
 from service.state import ServiceState
 from service.urlfetch import fetch_image
 

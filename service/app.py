@@ -16,7 +16,7 @@ from service.api import router
 from service.errors import CaptionError
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
-from service.runtime import CaptionModel
+from service.model import CaptionModel
 from service.security import install_security
 from service.settings import Settings
 from service.state import ServiceState

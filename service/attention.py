@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from service.runtime import Caption
+from service.model import Caption
 from service.vocabulary import SPECIALS
 
 DIGITS = 4

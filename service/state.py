@@ -22,9 +22,9 @@ from service.batcher import MicroBatcher
 from service.errors import NotReady, Overloaded
 from service.inputs import OptionRules
 from service.metrics import BatcherMetrics, Metrics
-from service.pipeline import CaptionJob, CaptionOutcome, Pipeline
+from service.batch_runner import CaptionJob, CaptionOutcome, BatchRunner
 from service.preprocess import Preprocessor
-from service.runtime import CaptionModel
+from service.model import CaptionModel
 from service.settings import Settings
 from service.urlfetch import FetchPolicy, build_client
 
@@ -52,7 +52,7 @@ class ServiceState:
         # built by start()
         self.rules: OptionRules | None = None
         self.preprocessor: Preprocessor | None = None
-        self.pipeline: Pipeline | None = None
+        self.pipeline: BatchRunner | None = None
         self.batcher: MicroBatcher[CaptionJob, CaptionOutcome] | None = None
         self.http: httpx.AsyncClient | None = None
 
@@ -94,7 +94,7 @@ class ServiceState:
         self.preprocessor = Preprocessor(
             model.preprocessing, max_pixels=s.max_image_pixels, threads=s.decode_threads
         )
-        self.pipeline = Pipeline(
+        self.pipeline = BatchRunner(
             model, self.metrics, threads=s.max_concurrent_batches, nice=s.model_thread_nice
         )
         self.batcher = MicroBatcher(

@@ -171,7 +171,7 @@ def test_other_shipped_variants_also_see_the_dogs(
     """The int8 encoder of the default bundle, the single attention decoder (models/attention)
     and the merge-decoder bundle (models/merge), each picked by a setting, caption the same dog
     photos sensibly."""
-    from service.runtime import CaptionModel
+    from service.model import CaptionModel
 
     model = CaptionModel.load(bundle, intra_op_threads=2, use_int8=use_int8)
     names = _pick(flickr8k_dir, 6, DOG, None)

@@ -7,7 +7,7 @@
 except where the decoder attended, beam 3) and ``feature-pca.png`` (the encoder's pooled
 features of the test images projected on their first two principal components, coloured by a
 keyword most of the image's reference captions share). ``bench`` measures captions per second
-of ``service.runtime.CaptionModel`` (the served path: encode + batched decode) at a batch size,
+of ``service.model.CaptionModel`` (the served path: encode + batched decode) at a batch size,
 greedy and beam 3, on real test images, and prints a JSON table.
 """
 
@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from service.imaging import load_rgb, resize_rgb
-from service.runtime import CaptionModel
+from service.model import CaptionModel
 from training.data import image_dir, load_captions, load_split
 from training.paths import default_data_dir
 

@@ -3,7 +3,7 @@
     python -m training evaluate --bundle models/default --split test --beam-size 3 --out DIR
 
 Each image goes through the bundle's own preprocessing (``service.imaging``), its ONNX encoder
-and step decoder (``service.runtime.CaptionModel``) in batches; the captions are scored against
+and step decoder (``service.model.CaptionModel``) in batches; the captions are scored against
 the cleaned references (``training.data``) with ``training.scoring``. Writes:
 
 * ``DIR/captions.jsonl``: one ``{"image", "caption", "score", "references"}`` per line;
@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from service.manifest import BundleError
-from service.runtime import CaptionModel, ProviderUnavailable
+from service.model import CaptionModel, ProviderUnavailable
 from training.data import image_dir, load_captions, load_split, train_val_split
 from training.paths import REPO_ROOT, default_data_dir
 from training.scoring import (

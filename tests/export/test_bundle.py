@@ -27,7 +27,7 @@ from service.manifest import (
     load_manifest,
     verify_files,
 )
-from service.runtime import CaptionModel
+from service.model import CaptionModel
 from service.vocabulary import SPECIALS, Vocabulary
 
 from .standins import tiny_encoder, tiny_step_model

@@ -17,7 +17,7 @@ from export.bundle import KERAS_WEIGHTS_FILE
 from export.images import load_batch
 from export.parity import DecoderShape, KerasStep, greedy_tokens
 from service.manifest import load_manifest, sha256_of, verify_files
-from service.runtime import CaptionModel
+from service.model import CaptionModel
 from training.data import image_dir, load_split
 from training.encoders import build_encoder
 from training.model import ModelConfig, build_training_model, load_run

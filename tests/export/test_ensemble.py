@@ -10,7 +10,7 @@ import pytest
 
 from export.bundle import ExportOptions, ExportSources, write_bundle
 from service.manifest import Preprocessing, load_manifest
-from service.runtime import CaptionModel
+from service.model import CaptionModel
 from service.vocabulary import SPECIALS, Vocabulary
 from training.ensemble import build_ensemble_step_model
 

@@ -9,7 +9,7 @@ import pytest
 from export.bundle import ExportOptions, ExportSources, write_bundle
 from export.images import load_batch, train_head
 from service.manifest import load_manifest, verify_files
-from service.runtime import CaptionModel
+from service.model import CaptionModel
 from service.vocabulary import SPECIALS, Vocabulary
 from training.encoders import build_encoder, encoder_info
 from training.model import ModelConfig, build_step_model

@@ -25,7 +25,7 @@ attention_bundle = test_attention.attention_bundle
 def _greedy(bundle: Path, blobs: list[bytes]) -> list[str]:
     import numpy as np
 
-    from service.runtime import CaptionModel
+    from service.model import CaptionModel
 
     model = CaptionModel.load(bundle, intra_op_threads=2)
     x = np.stack([model.preprocess(b) for b in blobs])

@@ -23,7 +23,7 @@ import uvicorn
 
 from service.app import create_app
 from service.manifest import BundleError
-from service.runtime import CaptionModel
+from service.model import CaptionModel
 from service.settings import Settings
 from tests.service.conftest import free_socket, run_process
 

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from service.app import create_app
 from service.metrics import Metrics
-from service.runtime import CaptionModel
+from service.model import CaptionModel
 from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

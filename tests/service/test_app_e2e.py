@@ -19,7 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.runtime import CaptionModel
+from service.model import CaptionModel
 from tests.service import images
 from tests.service.conftest import RunningServer, run_process, run_server, wait_ready
 

@@ -12,7 +12,7 @@ from PIL import Image
 from service.errors import EmptyBody, ImageTooLarge, UnprocessableImage
 from service.imaging import preprocess_file_bytes
 from service.preprocess import Preprocessor, decode_image
-from service.runtime import CaptionModel
+from service.model import CaptionModel
 from tests.service import images
 
 

@@ -294,7 +294,7 @@ def test_served_captions_carry_attention_per_word(
 ) -> None:
     from export.images import load_batch
     from export.parity import DecoderShape, KerasStep, greedy_tokens
-    from service.runtime import CaptionModel
+    from service.model import CaptionModel
     from training.data import image_dir, load_split
     from training.encoders import build_encoder
     from training.model import load_run
@@ -354,7 +354,7 @@ def test_lstm_and_gru_runs_export_as_one_half_size_ensemble_bundle(
 
     from export.__main__ import main as export_main
     from service.manifest import load_manifest, verify_files
-    from service.runtime import CaptionModel
+    from service.model import CaptionModel
     from training.data import image_dir, load_split
 
     out = tmp_path / "ensemble"

@@ -154,7 +154,7 @@ def test_evaluate_matches_the_served_model(
     evaluation: tuple[Path, dict[str, Any]], tiny_bundle: Path, flickr8k_dir: Path
 ) -> None:
     """The captions written are those CaptionModel gives for the same images one at a time."""
-    from service.runtime import CaptionModel
+    from service.model import CaptionModel
 
     out, _ = evaluation
     model = CaptionModel.load(tiny_bundle)

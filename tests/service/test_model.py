@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from service.decoding import DecodeRequest
 from service.manifest import BundleError, file_entry, load_manifest, write_manifest
-from service.runtime import (
+from service.model import (
     CaptionModel,
     ProviderUnavailable,
     available_cores,

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from service.decoding import DecodeRequest
 from service.metrics import Metrics
-from service.runtime import Caption, CaptionModel
+from service.model import Caption, CaptionModel
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def lower_thread_priority(levels: int) -> int | None:
     return nice
 
 
-class Pipeline:
+class BatchRunner:
     """``await pipeline(jobs)`` -> one ``CaptionOutcome`` or exception per job, in order."""
 
     def __init__(
