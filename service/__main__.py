@@ -19,9 +19,10 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.captioner import load_model
 from service.logs import configure_logging
 from service.manifest import BundleError
-from service.model import CaptionModel, ProviderUnavailable
+from service.model import ProviderUnavailable
 from service.settings import Settings
 from service.state import ServiceState
 from service.urlfetch import FetchPolicy
@@ -73,13 +74,7 @@ def main() -> int:
 
     configure_logging(settings.log_level, json_lines=settings.log_json)
     try:
-        model = CaptionModel.load(
-            settings.bundle_dir,
-            provider=settings.provider,
-            intra_op_threads=settings.threads_per_batch,
-            inter_op_threads=settings.inter_op_threads,
-            use_int8=settings.use_int8,
-        )
+        model = load_model(settings)
     except (BundleError, ProviderUnavailable) as exc:
         print(f"captioner: cannot serve bundle {settings.bundle_dir}: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api import router
 from service.errors import CaptionError
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.model import CaptionModel
+from service.routes import router
 from service.security import install_security
 from service.settings import Settings
 from service.state import ServiceState
@@ -31,11 +31,15 @@ def _error(request: Request, status: int, detail: str, code: str, **headers: str
     return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
 
 
-async def _caption_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, CaptionError)
-    if exc.status_code >= 500 and exc.code == "internal":
-        log.error("internal error: %s", exc.detail)
-    return _error(request, exc.status_code, exc.detail, exc.code, **exc.headers)
+def _caption_error(metrics: Metrics) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, CaptionError)  # registered for CaptionError only
+        metrics.count_rejection(exc)
+        if exc.status_code >= 500 and exc.code == "internal":
+            log.error("internal error: %s", exc.detail)
+        return _error(request, exc.status_code, exc.detail, exc.code, **exc.headers)
+
+    return handle
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -82,7 +86,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(router)
-    app.add_exception_handler(CaptionError, _caption_error)
+    app.add_exception_handler(CaptionError, _caption_error(metrics))
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -34,14 +34,11 @@ class CaptionJob:
     pixels: NDArray[np.float32]
     """One normalised image in the encoder's layout."""
     request: DecodeRequest
-    enqueued: float
-    """``time.perf_counter()`` when the job was submitted (for the queue timing)."""
 
 
 @dataclass(frozen=True)
 class CaptionOutcome:
     captions: list[Caption]
-    queue_s: float
     encode_s: float
     decode_s: float
     batch_size: int
@@ -79,19 +76,16 @@ class BatchRunner:
         )
 
     async def __call__(self, jobs: list[CaptionJob]) -> Sequence[CaptionOutcome | BaseException]:
-        started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._run, jobs, started)
+        return await loop.run_in_executor(self._pool, self._run, jobs)
 
     def run_sync(self, jobs: list[CaptionJob]) -> Sequence[CaptionOutcome | BaseException]:
         """The same work on the calling thread (warm-up, benchmarks)."""
-        return self._run(jobs, time.perf_counter())
+        return self._run(jobs)
 
-    def _run(
-        self, jobs: list[CaptionJob], started: float
-    ) -> Sequence[CaptionOutcome | BaseException]:
+    def _run(self, jobs: list[CaptionJob]) -> Sequence[CaptionOutcome | BaseException]:
         try:
-            return self._together(jobs, started)
+            return self._together(jobs)
         except Exception as exc:
             if len(jobs) == 1:
                 log.exception("caption batch of 1 failed")
@@ -100,12 +94,12 @@ class BatchRunner:
         results: list[CaptionOutcome | BaseException] = []
         for job in jobs:
             try:
-                results.extend(self._together([job], started))
+                results.extend(self._together([job]))
             except Exception as exc:
                 results.append(exc)
         return results
 
-    def _together(self, jobs: list[CaptionJob], started: float) -> list[CaptionOutcome]:
+    def _together(self, jobs: list[CaptionJob]) -> list[CaptionOutcome]:
         images = np.stack([job.pixels for job in jobs])
         t0 = time.perf_counter()
         features = self.model.encode(images)
@@ -118,7 +112,6 @@ class BatchRunner:
         return [
             CaptionOutcome(
                 captions=caps,
-                queue_s=max(0.0, started - job.enqueued),
                 encode_s=t1 - t0,
                 decode_s=t2 - t1,
                 batch_size=len(jobs),

@@ -18,7 +18,8 @@ running, and is dropped before inference if still queued; a cancelled caller (cl
 dropped before inference and its siblings are still served; results are set only on futures not
 yet done; one item's exception fails only that item; an exception of the whole ``run_batch``
 fails that batch only; the flush loop logs any error and keeps going. ``drain()`` stops
-accepting and waits for queued and running work.
+accepting and waits for queued and running work. Refusals are raised, not counted: whoever answers
+the caller counts them, once.
 
 It knows nothing of HTTP or ONNX Runtime: the model work (blocking) belongs in ``run_batch``,
 which must hand it to a worker thread.
@@ -48,17 +49,12 @@ class BatchObserver(Protocol):
 
     def batch_started(self, size: int, queue_waits_s: Sequence[float]) -> None: ...
 
-    def rejected(self, reason: str) -> None: ...
-
 
 class NullObserver:
     def queue_changed(self, queued: int, running: int) -> None:
         pass
 
     def batch_started(self, size: int, queue_waits_s: Sequence[float]) -> None:
-        pass
-
-    def rejected(self, reason: str) -> None:
         pass
 
 
@@ -68,6 +64,9 @@ class _Entry(Generic[T, R]):
     future: asyncio.Future[R]
     deadline: float | None
     enqueued: float
+    """``loop.time()`` at submission: the one record of when the item was queued."""
+    waited: float = 0.0
+    """Seconds from submission to the start of the item's batch."""
 
 
 class MicroBatcher(Generic[T, R]):
@@ -151,7 +150,7 @@ class MicroBatcher(Generic[T, R]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loop_task = None
-        stopped = NotReady("the service stopped before this request was run")
+        stopped = NotReady("the service stopped before this request was run", draining=True)
         for entry in [*self._pending, *self._collecting]:
             if not entry.future.done():
                 entry.future.set_exception(stopped)
@@ -161,11 +160,16 @@ class MicroBatcher(Generic[T, R]):
     # --- callers ----
     async def submit(self, item: T, *, deadline: float | None = None) -> R:
         """Queue ``item`` and wait for its result. ``deadline`` is on ``loop.time()``."""
+        result, _ = await self.submit_timed(item, deadline=deadline)
+        return result
+
+    async def submit_timed(self, item: T, *, deadline: float | None = None) -> tuple[R, float]:
+        """``submit``, also returning the seconds the item waited for its batch to start."""
         if not self._accepting:
-            self._observer.rejected("draining")
-            raise NotReady("the service is shutting down", retry_after_s=self._retry_after_s)
+            raise NotReady(
+                "the service is shutting down", retry_after_s=self._retry_after_s, draining=True
+            )
         if self.queued >= self._queue_size:
-            self._observer.rejected("queue_full")
             raise Overloaded(
                 f"request queue is full ({self._queue_size} waiting)",
                 retry_after_s=self._retry_after_s,
@@ -173,7 +177,6 @@ class MicroBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         now = loop.time()
         if deadline is not None and deadline <= now:
-            self._observer.rejected("timeout")
             raise DeadlineExceeded("request deadline passed before it was queued")
         future: asyncio.Future[R] = loop.create_future()
         entry = _Entry(item, future, deadline, now)
@@ -184,16 +187,15 @@ class MicroBatcher(Generic[T, R]):
             timeout = None if deadline is None else deadline - now
             await asyncio.wait((future,), timeout=timeout)
         except asyncio.CancelledError:
-            self._abandon(entry, "cancelled")
+            self._abandon(entry)
             raise
         if not future.done():
-            self._abandon(entry, "timeout")
+            self._abandon(entry)
             raise DeadlineExceeded(f"no answer within the request deadline ({timeout:.3g} s)")
-        return future.result()
+        return future.result(), entry.waited
 
-    def _abandon(self, entry: _Entry[T, R], reason: str) -> None:
+    def _abandon(self, entry: _Entry[T, R]) -> None:
         entry.future.cancel()
-        self._observer.rejected(reason)
         try:
             self._pending.remove(entry)
         except ValueError:
@@ -227,9 +229,10 @@ class MicroBatcher(Generic[T, R]):
             self._collecting = []
             self._changed.set()
             if live:
-                loop = asyncio.get_running_loop()
-                now = loop.time()
-                self._observer.batch_started(len(live), [now - e.enqueued for e in live])
+                now = asyncio.get_running_loop().time()
+                for entry in live:
+                    entry.waited = now - entry.enqueued
+                self._observer.batch_started(len(live), [e.waited for e in live])
         except BaseException as exc:
             self._collecting = []
             failure = exc if isinstance(exc, Exception) else NotReady("batcher stopped")
@@ -275,7 +278,6 @@ class MicroBatcher(Generic[T, R]):
             if entry.future.done():
                 continue  # caller gone or timed out: counted in submit()
             if entry.deadline is not None and now >= entry.deadline:
-                self._observer.rejected("timeout")
                 entry.future.set_exception(
                     DeadlineExceeded("request deadline passed while it was queued")
                 )
@@ -292,7 +294,7 @@ class MicroBatcher(Generic[T, R]):
                         f"run_batch returned {len(results)} results for {len(live)} items"
                     )
             except asyncio.CancelledError:
-                stopped = NotReady("the service stopped during this request")
+                stopped = NotReady("the service stopped during this request", draining=True)
                 self._settle(live, [stopped] * len(live))
                 raise
             except Exception as exc:

@@ -23,7 +23,8 @@
     ├── UrlTimeout (504, url_timeout)
     └── DeadlineExceeded (504, deadline_exceeded)
 
-The app renders any of them as ``{"detail": ..., "code": ...}`` with the status code.
+The app renders any of them as ``{"detail": ..., "code": ...}`` with the status code. ``reason``
+is the label under which ``caption_rejected_total`` counts a refusal (None: not a refusal).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from typing import ClassVar
 class CaptionError(Exception):
     status_code: ClassVar[int] = 500
     code: ClassVar[str] = "internal"
+    reason: str | None = None
+    """``caption_rejected_total`` label; a class default that an instance may narrow."""
+    images: int = 1
+    """How many images the refusal covers (a whole ``/caption/batch`` request: all of them)."""
 
     def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -47,6 +52,7 @@ class CaptionError(Exception):
 class BadRequest(CaptionError):
     status_code = 400
     code = "bad_request"
+    reason = "invalid"
 
 
 class InvalidOption(BadRequest):
@@ -68,16 +74,19 @@ class MissingImage(BadRequest):
 class Unauthorized(CaptionError):
     status_code = 401
     code = "unauthorized"
+    reason = "unauthorized"
 
 
 class UrlForbidden(CaptionError):
     status_code = 403
     code = "url_forbidden"
+    reason = "url"
 
 
 class PayloadTooLarge(CaptionError):
     status_code = 413
     code = "payload_too_large"
+    reason = "too_large"
 
 
 class ImageTooLarge(PayloadTooLarge):
@@ -90,16 +99,19 @@ class BatchTooLarge(PayloadTooLarge):
 
 class UrlTooLarge(PayloadTooLarge):
     code = "url_too_large"
+    reason = "url"
 
 
 class UnsupportedMediaType(CaptionError):
     status_code = 415
     code = "unsupported_media_type"
+    reason = "invalid"
 
 
 class UnprocessableImage(CaptionError):
     status_code = 422
     code = "invalid_image"
+    reason = "invalid"
 
 
 class EmptyBody(UnprocessableImage):
@@ -109,21 +121,25 @@ class EmptyBody(UnprocessableImage):
 class RateLimited(CaptionError):
     status_code = 429
     code = "rate_limited"
+    reason = "rate_limited"
 
 
 class ClientClosedRequest(CaptionError):
     status_code = 499
     code = "client_closed"
+    reason = "cancelled"
 
 
 class UrlFetchFailed(CaptionError):
     status_code = 502
     code = "url_fetch_failed"
+    reason = "url"
 
 
 class Overloaded(CaptionError):
     status_code = 503
     code = "overloaded"
+    reason = "queue_full"
 
     def __init__(self, detail: str, *, retry_after_s: int = 1) -> None:
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_s))})
@@ -132,16 +148,27 @@ class Overloaded(CaptionError):
 class NotReady(CaptionError):
     status_code = 503
     code = "not_ready"
+    reason = "not_ready"
 
-    def __init__(self, detail: str = "service is not ready", *, retry_after_s: int = 1) -> None:
+    def __init__(
+        self,
+        detail: str = "service is not ready",
+        *,
+        retry_after_s: int = 1,
+        draining: bool = False,
+    ) -> None:
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_s))})
+        if draining:
+            self.reason = "draining"
 
 
 class UrlTimeout(CaptionError):
     status_code = 504
     code = "url_timeout"
+    reason = "url"
 
 
 class DeadlineExceeded(CaptionError):
     status_code = 504
     code = "deadline_exceeded"
+    reason = "timeout"

@@ -1,31 +1,12 @@
 """Prometheus metrics of the service, built against an injected ``CollectorRegistry``.
 
-Names are a contract with the deployment (Prometheus rules, Grafana, the HPA adapter):
+Names, labels and types are a contract with the deployment (Prometheus rules, Grafana, the HPA
+adapter): rename nothing. The table of every metric is docs/configuration.md, and
+tests/test_docs.py keeps it equal to what ``Metrics`` registers.
 
-==========================================  =========  ==========================================
-metric                                      type       meaning
-==========================================  =========  ==========================================
-caption_requests_total{endpoint,code}       counter    answered requests; ``code`` = HTTP status
-caption_request_duration_seconds{endpoint}  histogram  arrival to answer
-caption_queue_depth                         gauge      images waiting in the batcher queue
-caption_inflight_requests                   gauge      images in batches running on the model
-caption_pending_requests                    gauge      images accepted and not yet answered
-                                                       (fetching, decoding, queued, running):
-                                                       queued + in flight; THE per-pod HPA metric
-caption_queue_wait_seconds                  histogram  queued to batch start, per image
-caption_batch_size                          histogram  images per model batch
-caption_inference_duration_seconds{stage}   histogram  ``encode`` / ``decode`` time per batch
-caption_preprocess_duration_seconds         histogram  decode + resize + normalise, per image
-caption_rejected_total{reason}              counter    queue_full, timeout, cancelled, invalid,
-                                                       draining, not_ready, url, too_large,
-                                                       unauthorized, rate_limited
-caption_url_fetch_duration_seconds          histogram  URL downloads (success or not)
-caption_model_info{name,version,provider}   gauge      1 for the loaded model
-caption_ready                               gauge      1 when warmed up and accepting work
-==========================================  =========  ==========================================
-
-``caption_pending_requests`` is a gauge (not a rate), is cheap to average across pods, and rises
-before latency does: scale out when its per-pod average passes ~2 x ``max_batch_size``.
+``caption_pending_requests`` (images accepted and not yet answered) is the per-pod autoscaling
+metric: a gauge, not a rate, so its average across pods means something, and it rises before
+latency does. Scale out when its per-pod average passes ~2 x ``max_batch_size``.
 """
 
 from __future__ import annotations
@@ -33,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.errors import CaptionError
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -117,6 +100,16 @@ class Metrics:
         self.ready = Gauge(
             "caption_ready", "1 when the model is warm and work is accepted.", registry=registry
         )
+        self.cache_hits = Counter(
+            "caption_cache_hits",
+            "Captions answered from the response cache or joined to an identical one in flight.",
+            registry=registry,
+        )
+        self.cache_misses = Counter(
+            "caption_cache_misses",
+            "Captions computed by the model while the response cache is on.",
+            registry=registry,
+        )
         for stage in ("encode", "decode"):
             self.inference.labels(stage=stage)
 
@@ -129,8 +122,13 @@ class Metrics:
         for wait in queue_waits_s:
             self.queue_wait.observe(wait)
 
-    def rejected_item(self, reason: str) -> None:
-        self.rejected.labels(reason=reason).inc()
+    def rejected_item(self, reason: str, images: int = 1) -> None:
+        self.rejected.labels(reason=reason).inc(images)
+
+    def count_rejection(self, exc: CaptionError) -> None:
+        """The one place a refused or dropped image is counted, by the error's ``reason``."""
+        if exc.reason is not None:
+            self.rejected_item(exc.reason, exc.images)
 
     def set_model(self, name: str, version: str, provider: str) -> None:
         self.model_info.clear()
@@ -149,5 +147,7 @@ class BatcherMetrics:
     def batch_started(self, size: int, queue_waits_s: Sequence[float]) -> None:
         self._metrics.batch_started(size, queue_waits_s)
 
-    def rejected(self, reason: str) -> None:
-        self._metrics.rejected_item(reason)
+
+def fresh_metrics() -> Metrics:
+    """Metrics on a registry of their own (a command-line job, a Ray actor, a test)."""
+    return Metrics(CollectorRegistry())

@@ -3,19 +3,16 @@
 ``CaptionModel.load`` refuses a damaged bundle before building anything (schema, sha256 of every
 file, vocabulary size, the sessions' input and output names against the manifest) and raises
 ``BundleError`` saying what is wrong. The sessions run sequentially with a fixed thread count and
-thread spinning off, so idle workers do not burn the cores the HTTP server needs.
-
-Plain ``session.run`` is used rather than ``io_binding``: measured on a decoder step with the real
-model's sizes (V=2,422, H=256, D=1,280; 2 threads, CPU), binding was not faster at batch 1-96
-(1.7 vs 3.0 ms at 1, 3.7 vs 3.1 at 8, 4.2 vs 6.3 at 32, 11.9 vs 12.7 at 96: within noise or
-slower, since the inputs must be re-bound every step anyway), so the simpler call stays.
+thread spinning off, so idle workers do not burn the cores the HTTP server needs. Plain
+``session.run`` is used: ``io_binding`` was no faster on CPU, since a decoder step's inputs change
+every step (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -259,19 +256,18 @@ class CaptionModel:
     ) -> list[list[Caption]]:
         """Decode a batch of encoded images; per image its ``num_captions`` captions, best first.
 
-        A request longer than the model's ``max_steps`` is cut to it.
+        A request longer than the model's ``max_steps`` is refused (``ValueError``): the decoder
+        was trained for that many steps, and callers validate options before they get here.
         """
         spec = self.manifest.decoder
+        if any(r.max_length > self.max_steps for r in requests):
+            raise ValueError(f"max_length is at most {self.max_steps} for this model")
         image = np.ascontiguousarray(features[spec.image_role], dtype=np.float32)
-        limited = [
-            r if r.max_length <= self.max_steps else replace(r, max_length=self.max_steps)
-            for r in requests
-        ]
         results = decode_batch(
             self.step,
             image,
             self._state_sizes,
-            limited,
+            requests,
             start_id=spec.special_tokens.start,
             end_id=spec.special_tokens.end,
         )

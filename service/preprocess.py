@@ -16,6 +16,7 @@ import logging
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,8 +47,24 @@ _DECODER_ERRORS: tuple[type[BaseException], ...] = (
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 
 
+@dataclass(frozen=True, eq=False)
+class DecodedImage:
+    pixels: NDArray[np.float32]
+    """Normalised (H, W, 3) float32, or (3, H, W) for NCHW encoders."""
+    width: int
+    """Of the image as sent (before EXIF orientation and resizing)."""
+    height: int
+    seconds: float = 0.0
+    """Time spent decoding, resizing and normalising."""
+
+
 def decode_image(data: bytes, spec: Preprocessing, *, max_pixels: int) -> NDArray[np.float32]:
     """Encoded bytes -> normalised (H, W, 3) float32 (or (3, H, W)); raises ``service.errors``."""
+    return decode_sized(data, spec, max_pixels=max_pixels).pixels
+
+
+def decode_sized(data: bytes, spec: Preprocessing, *, max_pixels: int) -> DecodedImage:
+    """``decode_image`` with the image's size as sent."""
     if not data:
         raise EmptyBody("the image is empty (0 bytes)")
     try:
@@ -68,7 +85,7 @@ def decode_image(data: bytes, spec: Preprocessing, *, max_pixels: int) -> NDArra
         ) from None
     except _DECODER_ERRORS as exc:
         raise UnprocessableImage(f"the image is corrupt or truncated: {exc}") from None
-    return normalise(resize_rgb(rgb, spec), spec)
+    return DecodedImage(normalise(resize_rgb(rgb, spec), spec), width, height)
 
 
 class Preprocessor:
@@ -81,15 +98,17 @@ class Preprocessor:
         Image.MAX_IMAGE_PIXELS = max_pixels
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
-    async def __call__(self, data: bytes) -> tuple[NDArray[np.float32], float]:
-        """Decode ``data`` off the event loop; returns the array and the seconds it took."""
+    async def __call__(self, data: bytes) -> DecodedImage:
+        """Decode ``data`` off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._timed, data)
 
-    def _timed(self, data: bytes) -> tuple[NDArray[np.float32], float]:
+    def _timed(self, data: bytes) -> DecodedImage:
         start = time.perf_counter()
-        array = decode_image(data, self.spec, max_pixels=self.max_pixels)
-        return array, time.perf_counter() - start
+        decoded = decode_sized(data, self.spec, max_pixels=self.max_pixels)
+        return DecodedImage(
+            decoded.pixels, decoded.width, decoded.height, time.perf_counter() - start
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -2,7 +2,9 @@
 
 ``Settings()`` reads the environment; tests build ``Settings(bundle_dir=..., port=0, ...)``.
 Validators refuse combinations that cannot work (a queue smaller than a batch, a default beam
-wider than the maximum, warm-up batches larger than a batch) at start-up, not under load.
+wider than the maximum) at start-up, so they never surface under load. The table of every
+variable is docs/configuration.md (tests/test_docs.py keeps it equal to these fields); what the
+batching and threading defaults were measured to give is in docs/benchmarks.md, History.
 """
 
 from __future__ import annotations
@@ -73,15 +75,13 @@ class Settings(BaseSettings):
     """Images that may wait for the model; beyond it requests get 503 + Retry-After."""
     max_concurrent_batches: int = Field(default=2, ge=1, le=8)
     """Batches running on the model at the same time, each on its share of the cores. 2 keeps
-    both cores of a small pod busy: with one batch and 2 intra-op threads, the model stalls
-    whenever HTTP or image decoding takes a core (2-core CPU, greedy, saturated: 123/s against
-    96/s, 3 runs each)."""
+    both cores of a small pod busy: with one batch the model stalls whenever HTTP or image
+    decoding takes a core."""
     model_thread_nice: int = Field(default=10, ge=0, le=19)
     """How many nice levels below the process the threads running the model sit (Linux, per
     thread), so that the event loop (reading, refusing and answering requests) and image
-    decoding preempt batch inference instead of queueing behind it (2-core CPU, 2.2x overload,
-    2 alternating runs each: 503 p99 27 ms against 50 ms at 0, saturated throughput 123/s against
-    112/s). 0 = same priority. Only the threads that run batches are lowered: with
+    decoding preempt batch inference instead of queueing behind it: overload is refused fast.
+    0 = same priority. Only the threads that run batches are lowered: with
     ``intra_op_threads`` > 1, ONNX Runtime's own pool threads keep the process's priority."""
     request_timeout_s: float = Field(default=10.0, gt=0)
     """Per-request deadline from arrival to answer; past it the answer is 504 and an image still
@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     """How many captions (n-best) a response lists when the request does not say."""
     length_penalty: float = Field(default=0.7, ge=0)
     """Beam-search length normalisation: score = log-probability / length ** length_penalty."""
+
+    # --- response cache ----
+    cache_size: int = Field(default=1024, ge=0)
+    """Caption answers kept, keyed by the sha256 of the image, the model version and the options;
+    identical requests in flight share one computation. 0 turns the cache off. An entry is the
+    captions of one image (about 1 KB; tens of KB with attention maps), so the default bounds it
+    to a few MB while absorbing retries and re-posted images."""
 
     # --- URL fetching ----
     url_allowlist: str = ""

@@ -147,7 +147,7 @@ def test_start_up_objects_are_frozen_out_of_the_collector_while_serving(
     the collector when it stops."""
     import gc
 
-    from service.state import FULL_COLLECTION_THRESHOLD
+    from service.gc_freeze import FULL_COLLECTION_THRESHOLD
     from tests.service.conftest import run_server
 
     gc.unfreeze()

@@ -71,6 +71,7 @@ def run_server(
 ) -> Iterator[RunningServer]:
     sock = free_socket()
     port = sock.getsockname()[1]
+    overrides.setdefault("cache_size", 0)  # tests re-post the same images to reach the model
     settings = Settings(bundle_dir=bundle, host="127.0.0.1", port=port, **overrides)
     registry = CollectorRegistry()
     app = create_app(settings, registry=registry, model=model)
@@ -128,7 +129,12 @@ def run_process(bundle: Path, log_path: Path, **env: str) -> Iterator[ServicePro
     port = sock.getsockname()[1]
     sock.close()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CAPTION_")}
-    environ.update(CAPTION_BUNDLE_DIR=str(bundle), CAPTION_PORT=str(port), CAPTION_LOG_JSON="true")
+    environ.update(
+        CAPTION_BUNDLE_DIR=str(bundle),
+        CAPTION_PORT=str(port),
+        CAPTION_LOG_JSON="true",
+        CAPTION_CACHE_SIZE="0",  # tests re-post the same images to reach the model
+    )
     environ.update(env)
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.errors import CaptionError, DeadlineExceeded, Overloaded
 from service.metrics import BatcherMetrics, Metrics
 from tests.service.conftest import RunningServer
 
@@ -27,6 +28,8 @@ PROMISED = {
     "caption_url_fetch_duration_seconds": "histogram",
     "caption_model_info": "gauge",
     "caption_ready": "gauge",
+    "caption_cache_hits": "counter",
+    "caption_cache_misses": "counter",
 }
 
 
@@ -36,8 +39,10 @@ def test_batcher_observer_feeds_the_metrics() -> None:
     observer = BatcherMetrics(metrics)
     observer.queue_changed(5, 3)
     observer.batch_started(3, [0.001, 0.002, 0.004])
-    observer.rejected("queue_full")
-    observer.rejected("queue_full")
+    metrics.count_rejection(Overloaded("full"))
+    metrics.count_rejection(Overloaded("full"))
+    metrics.count_rejection(DeadlineExceeded("late"))
+    metrics.count_rejection(CaptionError("a server fault is not a refusal"))
     metrics.set_model("m", "1", "CPUExecutionProvider")
     metrics.set_model("m", "2", "CPUExecutionProvider")  # replaces, never two models
     assert registry.get_sample_value("caption_queue_depth") == 5
@@ -48,6 +53,8 @@ def test_batcher_observer_feeds_the_metrics() -> None:
     assert registry.get_sample_value("caption_batch_size_bucket", {"le": "4.0"}) == 1
     assert registry.get_sample_value("caption_queue_wait_seconds_count") == 3
     assert registry.get_sample_value("caption_rejected_total", {"reason": "queue_full"}) == 2
+    assert registry.get_sample_value("caption_rejected_total", {"reason": "timeout"}) == 1
+    assert registry.get_sample_value("caption_rejected_total", {"reason": "internal"}) is None
     labels = {"name": "m", "version": "2", "provider": "CPUExecutionProvider"}
     assert registry.get_sample_value("caption_model_info", labels) == 1
     assert registry.get_sample_value("caption_model_info", {**labels, "version": "1"}) is None

@@ -94,10 +94,12 @@ def test_beam_search_returns_n_best_sorted(
         assert len({c.tokens for c in captions}) == 3
 
 
-def test_requests_longer_than_the_model_allows_are_cut(
+def test_requests_longer_than_the_model_allows_are_refused(
     model: CaptionModel, images: NDArray[np.float32]
 ) -> None:
-    captions = model.caption_images(images[:4], [DecodeRequest(max_length=500)] * 4)
+    with pytest.raises(ValueError, match=f"at most {model.max_steps}"):
+        model.caption_images(images[:4], [DecodeRequest(max_length=500)] * 4)
+    captions = model.caption_images(images[:4], [DecodeRequest(max_length=model.max_steps)] * 4)
     assert all(len(c.tokens) <= model.max_steps for [c] in captions)
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from service.errors import EmptyBody, ImageTooLarge, UnprocessableImage
 from service.imaging import preprocess_file_bytes
-from service.preprocess import Preprocessor, decode_image
 from service.model import CaptionModel
+from service.preprocess import Preprocessor, decode_image
 from tests.service import images
 
 
@@ -74,8 +74,9 @@ def test_limits_and_errors(model: CaptionModel) -> None:
 async def test_preprocessor_runs_in_its_pool(model: CaptionModel) -> None:
     pre = Preprocessor(model.preprocessing, max_pixels=1_000_000, threads=2)
     try:
-        array, seconds = await pre(images.png_1x1())
-        assert array.shape == model.input_shape and array.dtype == np.float32
-        assert seconds >= 0
+        decoded = await pre(images.encode(images.noise_rgb(30, 20), "PNG"))
+        assert decoded.pixels.shape == model.input_shape and decoded.pixels.dtype == np.float32
+        assert (decoded.width, decoded.height) == (30, 20)
+        assert decoded.seconds >= 0
     finally:
         pre.close()

@@ -7,7 +7,8 @@
 * JSON ``{"url": "..."}`` or JSON ``{"image_base64": "..."}`` (a ``data:`` URL prefix is allowed).
 
 Options (``beam_size``, ``max_length``, ``num_captions``, and the flag ``attention`` for per-word
-attention maps) come from the query string or the JSON object (JSON wins). Bodies are read as a
+attention maps) come from the query string or the JSON object (JSON wins), validated by
+``service.options.OptionRules``. Bodies are read as a
 stream and refused with 413 as soon as they pass the limit (a ``Content-Length`` above it is
 refused before reading anything).
 """
@@ -17,14 +18,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from service.captioner import ImageUrl
 from service.errors import (
     BadRequest,
     BatchTooLarge,
@@ -33,85 +33,16 @@ from service.errors import (
     EmptyBody,
     InvalidBase64,
     InvalidJson,
-    InvalidOption,
     MissingImage,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from service.options import OPTION_NAMES, CaptionOptions, OptionRules
 
-OPTION_NAMES = ("beam_size", "max_length", "num_captions", "attention")
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and option fields
 
-
-@dataclass(frozen=True)
-class Options:
-    beam_size: int
-    max_length: int
-    num_captions: int
-    attention: bool = False
-    """Return each word's attention weights over the image grid (attention decoders only)."""
-
-
-@dataclass(frozen=True)
-class OptionRules:
-    default_beam_size: int
-    max_beam_size: int
-    default_max_length: int
-    max_max_length: int
-    default_num_captions: int
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """Exactly one of ``data`` (encoded bytes) or ``url``."""
-
-    data: bytes | None = None
-    url: str | None = None
-
-
-def _as_int(name: str, value: object) -> int:
-    if isinstance(value, bool):
-        raise InvalidOption(f"{name} must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise InvalidOption(f"{name} must be an integer, got {value!r}")
-
-
-def _as_bool(name: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise InvalidOption(f"{name} must be true or false, got {value!r}")
-
-
-def parse_options(sources: list[Mapping[str, Any]], rules: OptionRules) -> Options:
-    """Options from the first source (later sources win) that names them; validated."""
-    raw: dict[str, object] = {}
-    for source in sources:
-        for name in OPTION_NAMES:
-            if name in source and source[name] is not None:
-                raw[name] = source[name]
-    beam = _as_int("beam_size", raw.get("beam_size", rules.default_beam_size))
-    if not 1 <= beam <= rules.max_beam_size:
-        raise InvalidOption(f"beam_size must be between 1 and {rules.max_beam_size}, got {beam}")
-    length = _as_int("max_length", raw.get("max_length", rules.default_max_length))
-    if not 1 <= length <= rules.max_max_length:
-        raise InvalidOption(
-            f"max_length must be between 1 and {rules.max_max_length}, got {length}"
-        )
-    default_n = min(rules.default_num_captions, beam)
-    count = _as_int("num_captions", raw.get("num_captions", default_n))
-    if not 1 <= count <= beam:
-        raise InvalidOption(f"num_captions must be between 1 and beam_size ({beam}), got {count}")
-    attention = _as_bool("attention", raw.get("attention", False))
-    return Options(beam_size=beam, max_length=length, num_captions=count, attention=attention)
+ImageSource = bytes | ImageUrl
+"""What a request names: the image's bytes, or a URL to fetch."""
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -206,7 +137,7 @@ def decode_base64(text: object, max_bytes: int) -> bytes:
     return data
 
 
-def image_from_json(item: object, max_bytes: int) -> ImageInput:
+def image_from_json(item: object, max_bytes: int) -> ImageSource:
     """One ``{"url": ...}`` or ``{"image_base64": ...}`` object."""
     if not isinstance(item, dict):
         raise InvalidJson("each image must be a JSON object with 'url' or 'image_base64'")
@@ -217,9 +148,9 @@ def image_from_json(item: object, max_bytes: int) -> ImageInput:
         url = item["url"]
         if not isinstance(url, str) or not url.strip():
             raise InvalidJson("'url' must be a non-empty string")
-        return ImageInput(url=url.strip())
+        return ImageUrl(url.strip())
     if has_b64:
-        return ImageInput(data=decode_base64(item["image_base64"], max_bytes))
+        return decode_base64(item["image_base64"], max_bytes)
     raise MissingImage("the JSON object has neither 'url' nor 'image_base64'")
 
 
@@ -241,7 +172,7 @@ def _is_json(kind: str) -> bool:
 
 async def parse_caption_request(
     request: Request, rules: OptionRules, *, max_upload_bytes: int
-) -> tuple[ImageInput, Options]:
+) -> tuple[ImageSource, CaptionOptions]:
     """``POST /caption``: one image in any accepted form, and its options."""
     kind = media_type(request)
     query = request.query_params
@@ -250,27 +181,27 @@ async def parse_caption_request(
         if not body:
             raise EmptyBody("the request body is empty")
         image, fields = _multipart(body, request.headers["content-type"])
-        options = parse_options([query, fields], rules)
+        options = rules.parse(query, fields)
         if image is None:
             raise MissingImage("multipart body has no file field named 'image'")
         if not image:
             raise EmptyBody("the uploaded image is empty (0 bytes)")
         if len(image) > max_upload_bytes:
             raise PayloadTooLarge(f"the image exceeds the {max_upload_bytes} byte limit")
-        return ImageInput(data=image), options
+        return image, options
     if kind.startswith("image/") or kind == "application/octet-stream":
-        options = parse_options([query], rules)
+        options = rules.parse(query)
         body = await read_body(request, max_upload_bytes)
         if not body:
             raise EmptyBody("the request body is empty")
-        return ImageInput(data=body), options
+        return body, options
     if _is_json(kind):
         limit = max_upload_bytes * 4 // 3 + FORM_OVERHEAD
         obj = _json_object(await read_body(request, limit))
         unknown = set(obj) - {"url", "image_base64", *OPTION_NAMES}
         if unknown:
             raise InvalidJson(f"unknown fields {sorted(unknown)}")
-        options = parse_options([query, obj], rules)
+        options = rules.parse(query, obj)
         return image_from_json(obj, max_upload_bytes), options
     raise UnsupportedMediaType(
         f"Content-Type {kind or '(none)'!r} is not accepted: send multipart/form-data with an "
@@ -286,7 +217,7 @@ async def parse_batch_request(
     max_body_bytes: int,
     max_items: int,
     max_upload_bytes: int,
-) -> tuple[list[ImageInput | CaptionError], Options]:
+) -> tuple[list[ImageSource | CaptionError], CaptionOptions]:
     """``POST /caption/batch``: ``{"images": [...], options}``; a bad item is an error in place."""
     kind = media_type(request)
     if not _is_json(kind):
@@ -303,8 +234,8 @@ async def parse_batch_request(
         raise MissingImage("'images' must be a non-empty list")
     if len(images) > max_items:
         raise BatchTooLarge(f"{len(images)} images in one request; the limit is {max_items}")
-    options = parse_options([request.query_params, obj], rules)
-    items: list[ImageInput | CaptionError] = []
+    options = rules.parse(request.query_params, obj)
+    items: list[ImageSource | CaptionError] = []
     for item in images:
         try:
             items.append(image_from_json(item, max_upload_bytes))

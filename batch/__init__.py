@@ -1,0 +1,1 @@
+"""Bulk captioning: ``captioner caption`` over folders, lists and manifests (sources, result store and resume, sidecars, engines)."""
