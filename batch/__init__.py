@@ -1,1 +1,1 @@
-"""Bulk captioning: ``captioner caption`` over folders, lists and manifests (sources, result store and resume, sidecars, engines)."""
+"""Bulk captioning, ``captioner caption``: sources, result store and resume, sidecars, engines."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System pieces the test suite drives for real: Java (pycocoevalcap's METEOR and PTB tokenizer),
 # headless Chromium (the web page test), openssl (a local TLS server), Prometheus' promtool
-# (`promtool check metrics`), and playwright-core from npm (drives Debian's chromium).
+# (`promtool check metrics`), exiftool (reads back the bulk command's XMP sidecars), and
+# playwright-core from npm (drives Debian's chromium).
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ command -v java >/dev/null || need+=(default-jre-headless)
 command -v chromium >/dev/null || need+=(chromium chromium-driver)
 command -v openssl >/dev/null || need+=(openssl)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v exiftool >/dev/null || need+=(libimage-exiftool-perl)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
