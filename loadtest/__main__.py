@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 from loadtest import generator, report
 from loadtest.payloads import PAYLOAD_KINDS, PayloadKind, PayloadPool, find_images
 from loadtest.static_server import StaticServer
+from loadtest.stats import StepStats
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -78,12 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     rmp.add_argument("--p99-bound-ms", type=float, default=1000.0)
     rmp.add_argument("--follow-ratio", type=float, default=0.95)
 
-    bench = sub.add_parser("bench", help="the full benchmark (make bench)")
-    from loadtest import bench as bench_module
-    from loadtest import sweep as sweep_module
+    from loadtest import benchconfig, sweep
 
-    bench_module.add_arguments(bench)
-    sweep_module.add_arguments(sub.add_parser("sweep", help="settings grid at saturation"))
+    benchconfig.add_arguments(sub.add_parser("bench", help="the full benchmark (make bench)"))
+    sweep.add_arguments(sub.add_parser("sweep", help="settings grid at saturation"))
     return parser
 
 
@@ -104,7 +104,8 @@ def payload_pool(args: argparse.Namespace) -> Iterator[PayloadPool]:
         yield PayloadPool.from_images(images, kind, url_base=server.url_base)
 
 
-async def _run(args: argparse.Namespace) -> dict[str, Any]:
+async def _run(args: argparse.Namespace) -> tuple[dict[str, Any], list[StepStats]]:
+    """The results JSON of ``run`` or ``ramp``, and its steps."""
     target = generator.Target(args.url, timeout_s=args.timeout, scrape_metrics=not args.no_metrics)
     progress = not args.no_progress
     with payload_pool(args) as pool:
@@ -124,9 +125,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                     seed=args.seed,
                     progress=progress,
                 )
-                return {"command": "ramp", "url": args.url, "payload": args.payload} | (
-                    result.to_dict()
-                )
+                head = {"command": "ramp", "url": args.url, "payload": args.payload}
+                return head | result.to_dict(), result.summaries
             if args.mode == "open":
                 step = await generator.open_loop(
                     client,
@@ -147,9 +147,9 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                     duration_s=args.duration,
                     progress=progress,
                 )
-            return {"command": "run", "url": args.url, "payload": args.payload} | {
-                "steps": [step.summary()]
-            }
+            stats = step.stats()
+            head = {"command": "run", "url": args.url, "payload": args.payload}
+            return head | {"steps": [dataclasses.asdict(stats)]}, [stats]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,15 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         from loadtest import sweep
 
         return sweep.main(args)
-    results = asyncio.run(_run(args))
+    results, steps = asyncio.run(_run(args))
     out = report.write_json(args.out, results)
     plot = report.plot_steps(
-        {args.payload: results["steps"]},
+        {args.payload: steps},
         args.plot or out.with_suffix(".png"),
         title=f"{args.command} against {args.url}",
     )
     if args.command == "run":
-        print(generator.step_line(results["steps"][0]))
+        print(generator.step_line(steps[0]))
     else:
         print(
             f"max sustained throughput {results['max_sustained_throughput']} /s "

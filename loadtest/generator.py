@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from loadtest import promscrape
 from loadtest.payloads import PayloadPool, PreparedRequest
 from loadtest.rawhttp import RawClient, RawHttpError
-from loadtest.stats import CLIENT_ERROR, RequestRecord, StepResult
+from loadtest.stats import CLIENT_ERROR, ClientStats, RequestRecord, StepResult, StepStats
 
 Arrivals = Literal["poisson", "constant"]
 
@@ -224,11 +225,11 @@ async def open_loop(
             tasks.append(task)
         records = await _gather_bounded(tasks, offsets, t0, grace_s=target.timeout_s + 5.0)
     step = StepResult("open", duration_s, records, offered_rate=rate, arrivals=arrivals)
-    step.client = {
-        "peak_in_flight": client.peak_in_flight,
-        "max_connections": client.max_connections,
-        "connection_limited": client.peak_in_flight >= client.max_connections,
-    }
+    step.client = ClientStats(
+        peak_in_flight=client.peak_in_flight,
+        max_connections=client.max_connections,
+        connection_limited=client.peak_in_flight >= client.max_connections,
+    )
     return await _with_metrics(client, target, step, before)
 
 
@@ -285,12 +286,22 @@ async def closed_loop(
     return await _with_metrics(client, target, step, before)
 
 
+@dataclass(frozen=True)
+class KneeCriteria:
+    """A step is past the knee when any of these fails."""
+
+    p99_bound_ms: float
+    follow_ratio: float = 0.95
+    """Throughput must reach this share of the offered rate."""
+    max_error_share: float = 0.01
+
+
 @dataclass
 class RampResult:
     """The steps of a ramp and where it bent."""
 
     steps: list[StepResult]
-    criteria: dict[str, float]
+    criteria: KneeCriteria
     knee_rate: float | None = None
     """Offered rate of the first step past the knee (``None``: never reached)."""
     knee_reason: str | None = None
@@ -298,40 +309,34 @@ class RampResult:
     """Highest achieved throughput among the steps within every criterion."""
     max_sustained_rate: float | None = None
     """The offered rate of that step."""
-    summaries: list[dict[str, Any]] = field(default_factory=list)
+    summaries: list[StepStats] = field(default_factory=list)
+    """Each step's stats, ``past_knee`` set."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "criteria": self.criteria,
+            "criteria": dataclasses.asdict(self.criteria),
             "knee_rate": self.knee_rate,
             "knee_reason": self.knee_reason,
             "max_sustained_throughput": self.max_sustained,
             "max_sustained_rate": self.max_sustained_rate,
-            "steps": self.summaries,
+            "steps": [dataclasses.asdict(s) for s in self.summaries],
         }
 
 
-def past_knee(
-    summary: dict[str, Any],
-    *,
-    p99_bound_ms: float,
-    follow_ratio: float = 0.95,
-    max_error_share: float = 0.01,
-) -> str | None:
+def past_knee(stats: StepStats, criteria: KneeCriteria) -> str | None:
     """Why a step is past the knee, or ``None`` if the service kept up with it."""
-    offered = (
-        summary.get("offered_window") or summary.get("offered_actual") or summary["offered_rate"]
-    )
-    if offered and summary["throughput"] < follow_ratio * offered:
+    offered = stats.offered_window or stats.offered_actual or stats.offered_rate
+    follow = criteria.follow_ratio
+    if offered and stats.throughput < follow * offered:
         return (
-            f"throughput {summary['throughput']:.1f}/s < {follow_ratio:g} x offered "
+            f"throughput {stats.throughput:.1f}/s < {follow:g} x offered "
             f"{offered:.1f}/s (arrivals in the same window)"
         )
-    if summary["error_share"] > max_error_share:
-        return f"error share {summary['error_share']:.1%} > {max_error_share:.1%}"
-    p99 = summary["latency_ms"].get("p99")
-    if p99 is not None and p99 > p99_bound_ms:
-        return f"p99 {p99:.0f} ms > bound {p99_bound_ms:g} ms"
+    if stats.error_share > criteria.max_error_share:
+        return f"error share {stats.error_share:.1%} > {criteria.max_error_share:.1%}"
+    p99 = stats.latency_ms.get("p99")
+    if p99 is not None and p99 > criteria.p99_bound_ms:
+        return f"p99 {p99:.0f} ms > bound {criteria.p99_bound_ms:g} ms"
     return None
 
 
@@ -354,11 +359,7 @@ async def ramp(
     """Open-loop steps at ``start, start+step, ...`` up to ``max_rate``; stops past the knee."""
     if start <= 0 or step <= 0 or max_rate < start:
         raise ValueError("need 0 < start <= max and step > 0")
-    criteria = {
-        "p99_bound_ms": p99_bound_ms,
-        "follow_ratio": follow_ratio,
-        "max_error_share": max_error_share,
-    }
+    criteria = KneeCriteria(p99_bound_ms, follow_ratio, max_error_share)
     result = RampResult(steps=[], criteria=criteria)
     n_steps = int((max_rate - start) / step + 1e-9) + 1
     for i in range(n_steps):
@@ -373,32 +374,24 @@ async def ramp(
             seed=seed + i,
             progress=progress,
         )
-        summary = outcome.summary()
-        reason = past_knee(
-            summary,
-            p99_bound_ms=p99_bound_ms,
-            follow_ratio=follow_ratio,
-            max_error_share=max_error_share,
-        )
-        summary["past_knee"] = reason
+        stats = outcome.stats()
+        reason = past_knee(stats, criteria)
+        stats = dataclasses.replace(stats, past_knee=reason)
         result.steps.append(outcome)
-        result.summaries.append(summary)
+        result.summaries.append(stats)
         if progress:
-            tqdm.write(step_line(summary))
+            tqdm.write(step_line(stats))
         if reason is not None:
             result.knee_rate, result.knee_reason = rate, reason
             break
-        if result.max_sustained is None or summary["throughput"] > result.max_sustained:
-            result.max_sustained, result.max_sustained_rate = summary["throughput"], rate
+        if result.max_sustained is None or stats.throughput > result.max_sustained:
+            result.max_sustained, result.max_sustained_rate = stats.throughput, rate
     return result
 
 
-def step_line(summary: dict[str, Any]) -> str:
-    lat = summary["latency_ms"]
-    p = " ".join(f"{k}={v:.0f}ms" for k, v in lat.items())
-    offered = summary["offered_rate"]
-    head = f"offered {offered:g}/s" if offered else f"closed x{summary['concurrency']}"
-    tail = f"  past knee: {summary['past_knee']}" if summary.get("past_knee") else ""
-    return (
-        f"{head}: {summary['throughput']:.1f}/s ok, {p}, errors {summary['error_share']:.1%}{tail}"
-    )
+def step_line(stats: StepStats) -> str:
+    p = " ".join(f"{k}={v:.0f}ms" for k, v in stats.latency_ms.items())
+    offered = stats.offered_rate
+    head = f"offered {offered:g}/s" if offered else f"closed x{stats.concurrency}"
+    tail = f"  past knee: {stats.past_knee}" if stats.past_knee else ""
+    return f"{head}: {stats.throughput:.1f}/s ok, {p}, errors {stats.error_share:.1%}{tail}"

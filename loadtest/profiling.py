@@ -16,9 +16,23 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+
+@dataclass(frozen=True)
+class Profile:
+    """py-spy's samples of a process: the top functions and the busiest threads, by share."""
+
+    available: bool = True
+    """py-spy is installed (the ``bench`` extra)."""
+    error: str | None = None
+    samples: int = 0
+    self_share: list[tuple[str, float]] = field(default_factory=list)
+    """Functions at the top of the stack."""
+    inclusive: list[tuple[str, float]] = field(default_factory=list)
+    """Functions anywhere on the stack (wrapper frames left out, see ``GENERIC``)."""
+    threads: list[tuple[str, float]] = field(default_factory=list)
 
 
 def py_spy_binary() -> str | None:
@@ -42,17 +56,17 @@ class PySpy:
             ]  # fmt: skip
             self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    def finish(self, timeout_s: float = 60.0) -> dict[str, Any]:
+    def finish(self, timeout_s: float = 60.0) -> Profile:
         if self._proc is None:
-            return {"available": False}
+            return Profile(available=False)
         try:
             _, err = self._proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             _, err = self._proc.communicate()
         if not self.out.is_file():
-            return {"available": True, "error": err.decode(errors="replace")[-500:]}
-        return {"available": True, **summarise_collapsed(self.out.read_text())}
+            return Profile(error=err.decode(errors="replace")[-500:])
+        return summarise_collapsed(self.out.read_text())
 
 
 GENERIC = (
@@ -72,7 +86,7 @@ def _function(frame: str) -> str:
     return f"{name} ({Path(file).name})"
 
 
-def summarise_collapsed(text: str, top: int = 12) -> dict[str, Any]:
+def summarise_collapsed(text: str, top: int = 12) -> Profile:
     """Top functions by self and inclusive share of samples, and samples per thread."""
     self_count: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -95,13 +109,13 @@ def summarise_collapsed(text: str, top: int = 12) -> dict[str, Any]:
             if not fn.startswith(GENERIC):
                 inclusive[fn] += count
     if not total:
-        return {"samples": 0}
-    return {
-        "samples": total,
-        "self": [(fn, n / total) for fn, n in self_count.most_common(top)],
-        "inclusive": [(fn, n / total) for fn, n in inclusive.most_common(top)],
-        "threads": [(t, n / total) for t, n in threads.most_common(6)],
-    }
+        return Profile()
+    return Profile(
+        samples=total,
+        self_share=[(fn, n / total) for fn, n in self_count.most_common(top)],
+        inclusive=[(fn, n / total) for fn, n in inclusive.most_common(top)],
+        threads=[(t, n / total) for t, n in threads.most_common(6)],
+    )
 
 
 def _proc_stat() -> tuple[float, float]:
@@ -112,6 +126,16 @@ def _proc_stat() -> tuple[float, float]:
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
     total = sum(fields[:8])
     return (total - idle) / tick, total / tick
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """Shares of the machine's CPU time (all cores) over a span."""
+
+    machine_busy_share: float
+    own_share: float
+    """This process and its reaped children."""
+    others_share: float
 
 
 @dataclass
@@ -128,22 +152,38 @@ class CpuMeter:
         self.own0 = t.user + t.system + t.children_user + t.children_system
         return self
 
-    def read(self) -> dict[str, float]:
+    def read(self) -> CpuShare:
         busy, total = _proc_stat()
         t = os.times()
         own = t.user + t.system + t.children_user + t.children_system - self.own0
         machine = busy - self.busy0
         span = total - self.total0
-        return {
-            "machine_busy_share": machine / span if span else 0.0,
-            "own_share": own / span if span else 0.0,
-            "others_share": max(0.0, machine - own) / span if span else 0.0,
-        }
+        return CpuShare(
+            machine_busy_share=machine / span if span else 0.0,
+            own_share=own / span if span else 0.0,
+            others_share=max(0.0, machine - own) / span if span else 0.0,
+        )
 
 
-def schedstat(pid: int | str = "self") -> tuple[float, float]:
-    """(seconds on a CPU, seconds runnable but waiting for a CPU) summed over a process's
-    threads, from ``/proc/PID/task/*/schedstat``; (0, 0) where the kernel does not offer it."""
+@dataclass(frozen=True)
+class ThreadTime:
+    """Seconds a process's threads spent on a CPU, and runnable but waiting for one."""
+
+    cpu_s: float
+    waited_for_cpu_s: float
+
+
+@dataclass(frozen=True)
+class CpuWait:
+    """``ThreadTime`` of the service and of the load generator over one step."""
+
+    service: ThreadTime
+    generator: ThreadTime
+
+
+def schedstat(pid: int | str = "self") -> ThreadTime:
+    """Summed over a process's threads, from ``/proc/PID/task/*/schedstat``; zero where the
+    kernel does not offer it."""
     on_cpu = waiting = 0
     for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
         try:
@@ -152,4 +192,8 @@ def schedstat(pid: int | str = "self") -> tuple[float, float]:
             continue  # a thread that just exited
         on_cpu += int(fields[0])
         waiting += int(fields[1])
-    return on_cpu / 1e9, waiting / 1e9
+    return ThreadTime(on_cpu / 1e9, waiting / 1e9)
+
+
+def since(before: ThreadTime, after: ThreadTime) -> ThreadTime:
+    return ThreadTime(after.cpu_s - before.cpu_s, after.waited_for_cpu_s - before.waited_for_cpu_s)

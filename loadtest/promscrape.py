@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -132,36 +131,56 @@ def histogram(snapshot: Snapshot, name: str) -> Histogram | None:
     return Histogram(bounds, tuple(buckets[b] for b in bounds), snapshot.value(f"{name}_sum"))
 
 
-def summarise_delta(delta: Snapshot) -> dict[str, Any]:
-    """What the service did between two scrapes, as plain JSON-ready values."""
-    out: dict[str, Any] = {}
+@dataclass(frozen=True)
+class ServerStats:
+    """What the service did between two scrapes (``None``: the metric was absent)."""
+
+    batches: float | None = None
+    batch_size_mean: float | None = None
+    batch_size_distribution: dict[str, float] = field(default_factory=dict)
+    """Batches per bucket, keyed by the bucket's upper bound (non-cumulative)."""
+    queue_wait_mean_ms: float | None = None
+    queue_wait_p50_ms: float | None = None
+    queue_wait_p99_ms: float | None = None
+    mean_ms_per_batch: dict[str, float] = field(default_factory=dict)
+    """Mean inference time per batch, by stage (``encode``, ``decode``)."""
+    preprocess_mean_ms_per_image: float | None = None
+    caption_requests_by_code: dict[str, float] = field(default_factory=dict)
+    rejected_by_reason: dict[str, float] = field(default_factory=dict)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000 * seconds
+
+
+def summarise_delta(delta: Snapshot) -> ServerStats:
+    """What the service did between two scrapes."""
     batch = histogram(delta, BATCH_SIZE)
-    if batch is not None:
-        out["batches"] = batch.count
-        out["batch_size_mean"] = batch.mean
-        out["batch_size_distribution"] = batch.per_bucket()
     wait = histogram(delta, QUEUE_WAIT)
-    if wait is not None:
-        out["queue_wait_mean_ms"] = None if wait.mean is None else 1000 * wait.mean
-        for q in (0.5, 0.99):
-            value = wait.quantile(q)
-            out[f"queue_wait_p{round(q * 100)}_ms"] = None if value is None else 1000 * value
     stages = delta.by_label(f"{INFERENCE}_count", "stage")
-    for stage, count in sorted(stages.items()):
-        if count:
-            total = delta.value(f"{INFERENCE}_sum", stage=stage)
-            out[f"{stage}_mean_ms_per_batch"] = 1000 * total / count
+    per_batch = {
+        stage: 1000 * delta.value(f"{INFERENCE}_sum", stage=stage) / count
+        for stage, count in sorted(stages.items())
+        if count
+    }
     pre_count = delta.value(f"{PREPROCESS}_count")
-    if pre_count:
-        out["preprocess_mean_ms_per_image"] = 1000 * delta.value(f"{PREPROCESS}_sum") / pre_count
     requests: dict[str, float] = defaultdict(float)
     for (name, labels), value in delta.samples.items():
         tags = dict(labels)
         if name == REQUESTS and tags.get("endpoint", "").startswith("/caption"):
             requests[tags.get("code", "")] += value
-    if requests:
-        out["caption_requests_by_code"] = {k: v for k, v in sorted(requests.items()) if v}
     rejected = delta.by_label(REJECTED, "reason")
-    if rejected:
-        out["rejected_by_reason"] = {k: v for k, v in sorted(rejected.items()) if v}
-    return out
+    return ServerStats(
+        batches=None if batch is None else batch.count,
+        batch_size_mean=None if batch is None else batch.mean,
+        batch_size_distribution={} if batch is None else batch.per_bucket(),
+        queue_wait_mean_ms=None if wait is None else _ms(wait.mean),
+        queue_wait_p50_ms=None if wait is None else _ms(wait.quantile(0.5)),
+        queue_wait_p99_ms=None if wait is None else _ms(wait.quantile(0.99)),
+        mean_ms_per_batch=per_batch,
+        preprocess_mean_ms_per_image=(
+            1000 * delta.value(f"{PREPROCESS}_sum") / pre_count if pre_count else None
+        ),
+        caption_requests_by_code={k: v for k, v in sorted(requests.items()) if v},
+        rejected_by_reason={k: v for k, v in sorted(rejected.items()) if v},
+    )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
@@ -28,13 +28,22 @@ BatchTime = Callable[[int], float]
 CAPS = (1, 2, 4, 8, 16, 32)
 
 
-def batch_seconds(rows: Sequence[dict[str, Any]], servers: int = 1) -> BatchTime:
-    """T(n) in seconds from offline rows ``{"batch_size", "throughput"}`` (images/s, all
-    ``servers`` together): linear between the measured sizes, the nearest measured size's time
-    per image beyond them."""
-    ordered = sorted(rows, key=lambda r: r["batch_size"])
-    sizes = np.array([float(r["batch_size"]) for r in ordered])
-    times = np.array([servers * r["batch_size"] / r["throughput"] for r in ordered])
+class BatchRate(Protocol):
+    """A measured batch size and its images/s (all servers together)."""
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def throughput(self) -> float: ...
+
+
+def batch_seconds(rows: Sequence[BatchRate], servers: int = 1) -> BatchTime:
+    """T(n) in seconds from offline rows (images/s of all ``servers`` together): linear between
+    the measured sizes, the nearest measured size's time per image beyond them."""
+    ordered = sorted(rows, key=lambda r: r.batch_size)
+    sizes = np.array([float(r.batch_size) for r in ordered])
+    times = np.array([servers * r.batch_size / r.throughput for r in ordered])
 
     def seconds(n: int) -> float:
         if n > sizes[-1]:
@@ -87,20 +96,32 @@ def simulate(
     return Simulated(latencies, np.array(sizes), float(busy / (servers * max(free_at))))
 
 
+@dataclass(frozen=True)
+class IdealServer:
+    """The kindest batch cap of the ideal server at a rate, and what it reaches."""
+
+    servers: int
+    max_batch: int
+    p50_ms: float
+    p99_ms: float
+    batch_size_mean: float
+    busy_fraction: float
+
+
 def ideal_p99(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[BatchRate],
     rate: float,
     *,
     servers: int = 1,
     caps: Sequence[int] = CAPS,
     arrivals: int = 100_000,
     seed: int = 0,
-) -> dict[str, Any] | None:
+) -> IdealServer | None:
     """The lowest p99 (and its p50, batch cap, mean batch) the ideal server with ``servers``
     copies reaches at ``rate`` over the batch ``caps``, ``rows`` measured in that layout;
     ``None`` when no cap keeps up (the backlog grows without end)."""
     batch_time = batch_seconds(rows, servers)
-    best: dict[str, Any] | None = None
+    best: IdealServer | None = None
     for cap in caps:
         if servers * cap / batch_time(cap) <= rate:  # even full batches cannot keep up
             continue
@@ -108,13 +129,13 @@ def ideal_p99(
             rate, batch_time, max_batch=cap, servers=servers, arrivals=arrivals, seed=seed
         )
         p50, p99 = np.percentile(run.latencies_s, [50, 99]) * 1000.0
-        if best is None or p99 < best["p99_ms"]:
-            best = {
-                "servers": servers,
-                "max_batch": cap,
-                "p50_ms": float(p50),
-                "p99_ms": float(p99),
-                "batch_size_mean": float(run.batch_sizes.mean()),
-                "busy_fraction": run.busy_fraction,
-            }
+        if best is None or p99 < best.p99_ms:
+            best = IdealServer(
+                servers=servers,
+                max_batch=cap,
+                p50_ms=float(p50),
+                p99_ms=float(p99),
+                batch_size_mean=float(run.batch_sizes.mean()),
+                busy_fraction=run.busy_fraction,
+            )
     return best

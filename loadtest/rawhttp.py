@@ -1,11 +1,10 @@
 """A lean HTTP/1.1 client for the load generator: prebuilt request bytes over pooled keep-alive
 asyncio streams.
 
-Why not httpx for the load itself: on a 2-core machine the generator shares the CPU with the
-service it measures. httpx costs about 2.3 ms of CPU per request here (measured: closed loop, 8
-clients, against the tiny bundle), comparable to the service's own work per image; this client
-costs a fraction of that, so the service gets the cores. httpx is still used for ``/metrics``
-and is selectable for the load (``--client httpx``).
+Why not httpx for the load itself: on a small machine the generator shares the CPU with the
+service it measures, and httpx's CPU per request is comparable to the service's own work per
+image; this client costs a fraction of that, so the service gets the cores. httpx is still used
+for ``/metrics`` and is selectable for the load (``--client httpx``).
 
 Scope: what POST /caption needs. ``Content-Length`` or ``chunked`` response bodies, keep-alive
 reuse (idle connections dropped after 2 s, before the server's keep-alive timeout), ``Connection:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loadtest.stats import StepStats
+
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     path = Path(path)
@@ -24,17 +26,16 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _x(summary: dict[str, Any]) -> float:
-    offered = summary.get("offered_rate")
-    return float(offered) if offered else float(summary["throughput"])
+def _x(stats: StepStats) -> float:
+    return stats.offered_rate or stats.throughput
 
 
 def plot_steps(
-    series: dict[str, Sequence[dict[str, Any]]], path: Path, *, title: str = "captioner load"
+    series: dict[str, Sequence[StepStats]], path: Path, *, title: str = "captioner load"
 ) -> Path:
     """One PNG, two panels: throughput vs offered (with the y = x line) and latency vs offered.
 
-    ``series`` maps a label (e.g. ``batching``, ``max_batch_size=1``) to its step summaries.
+    ``series`` maps a label (e.g. ``batching``, ``max_batch_size=1``) to its steps.
     Closed-loop steps have no offered rate; they are placed at their achieved throughput.
     """
     import matplotlib
@@ -50,10 +51,10 @@ def plot_steps(
             continue
         color = f"C{i}"
         xs = [_x(s) for s in steps]
-        top = max(top, *xs, *(s["throughput"] for s in steps))
-        ax_t.plot(xs, [s["throughput"] for s in steps], "o-", color=color, label=label)
+        top = max(top, *xs, *(s.throughput for s in steps))
+        ax_t.plot(xs, [s.throughput for s in steps], "o-", color=color, label=label)
         for q, style in styles.items():
-            ys = [s["latency_ms"].get(q, math.nan) for s in steps]
+            ys = [s.latency_ms.get(q, math.nan) for s in steps]
             ax_l.plot(xs, ys, style, marker=".", color=color, label=f"{label} {q}")
     ax_t.plot([0, top], [0, top], color="grey", lw=0.8, ls="--", label="throughput = offered")
     ax_t.set(xlabel="offered load (requests/s)", ylabel="achieved throughput (captions/s)")

@@ -16,14 +16,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from loadtest import generator, report
 from loadtest.payloads import PayloadPool, find_images
 from loadtest.service_proc import ServiceProcess
+from loadtest.stats import StepStats
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXED = ("CAPTION_LOG_LEVEL", "CAPTION_CACHE_SIZE")
+"""Set for every combination: no access log under load; no response cache (the load cycles a
+few images, and each must reach the model)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +58,8 @@ def grid(sets: list[str]) -> list[dict[str, str]]:
 
 async def _measure(
     svc: ServiceProcess, pool: PayloadPool, args: argparse.Namespace
-) -> dict[str, Any]:
+) -> tuple[StepStats, StepStats]:
+    """The saturated closed loop's stats and the light open loop's."""
     target = generator.Target(svc.base_url, timeout_s=60)
     async with generator.make_client(target) as client:
         await generator.closed_loop(
@@ -69,32 +74,31 @@ async def _measure(
                 duration_s=args.duration,
                 progress=False,
             )
-        ).summary()
+        ).stats()
         light = (
             await generator.open_loop(
                 client, target, pool, rate=args.light_rate, duration_s=5, progress=False
             )
-        ).summary()
-    return {"saturated": busy, "light": light}
+        ).stats()
+    return busy, light
 
 
 def main(args: argparse.Namespace) -> int:
     pool = PayloadPool.from_images(find_images(args.images, limit=128), "upload")
     rows = []
     for env in grid(args.set):
-        env = {"CAPTION_LOG_LEVEL": "warning", **env}
+        env = {"CAPTION_LOG_LEVEL": "warning", "CAPTION_CACHE_SIZE": "0", **env}
         with ServiceProcess(args.bundle, env=env) as svc:
-            result = asyncio.run(_measure(svc, pool, args))
-        busy, light = result["saturated"], result["light"]
+            busy, light = asyncio.run(_measure(svc, pool, args))
         row = {
-            "settings": {k: v for k, v in env.items() if k != "CAPTION_LOG_LEVEL"},
-            "throughput": busy["throughput"],
-            "p50_ms": busy["latency_ms"].get("p50"),
-            "p99_ms": busy["latency_ms"].get("p99"),
-            "mean_batch": busy["server"].get("batch_size_mean"),
-            "errors": busy["errors"],
-            "light_p50_ms": light["latency_ms"].get("p50"),
-            "raw": result,
+            "settings": {k: v for k, v in env.items() if k not in FIXED},
+            "throughput": busy.throughput,
+            "p50_ms": busy.latency_ms.get("p50"),
+            "p99_ms": busy.latency_ms.get("p99"),
+            "mean_batch": busy.server.batch_size_mean if busy.server else None,
+            "errors": busy.errors,
+            "light_p50_ms": light.latency_ms.get("p50"),
+            "raw": {"saturated": asdict(busy), "light": asdict(light)},
         }
         rows.append(row)
         print(

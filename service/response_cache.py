@@ -6,8 +6,8 @@ on (image sha256, model version, decoding options), so a repeat need not reach t
 burst of identical uploads runs it once.
 
 - The computation runs as its own task, shielded from each waiter: a caller that gives up
-  (cancelled) does not cancel it for the others; if every waiter has gone it still finishes and
-  its value is stored.
+  (cancelled) does not cancel it for the others; once every waiter has gone it is cancelled,
+  like the work of a client that disconnected (the model skips it).
 - An exception is raised to every waiter of that computation and is not stored (the next call
   computes again).
 - ``max_entries`` bounds memory (least recently used evicted first); ``0`` turns the cache off:
@@ -45,6 +45,7 @@ class ResponseCache(Generic[K, V]):
         self.stats = CacheStats()
         self._entries: OrderedDict[K, V] = OrderedDict()
         self._in_flight: dict[K, asyncio.Task[V]] = {}
+        self._waiters: dict[K, int] = {}
 
     def __len__(self) -> int:
         """Stored answers (computations in flight not included)."""
@@ -80,7 +81,15 @@ class ResponseCache(Generic[K, V]):
         else:
             self.stats.coalesced += 1
             lookup = "coalesced"
-        return await asyncio.shield(task), lookup
+        self._waiters[key] = self._waiters.get(key, 0) + 1
+        try:
+            return await asyncio.shield(task), lookup
+        finally:
+            self._waiters[key] -= 1
+            if not self._waiters[key]:
+                del self._waiters[key]
+                if not task.done():
+                    task.cancel()  # nobody wants the answer any more
 
     def _settle(self, key: K, task: asyncio.Task[V]) -> None:
         """Forget the computation; store its value if it produced one."""

@@ -22,7 +22,11 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def service(tiny_bundle: Path) -> Iterator[ServiceProcess]:
-    env = {"CAPTION_URL_ALLOWLIST": "127.0.0.1", "CAPTION_LOG_LEVEL": "warning"}
+    env = {
+        "CAPTION_URL_ALLOWLIST": "127.0.0.1",
+        "CAPTION_LOG_LEVEL": "warning",
+        "CAPTION_CACHE_SIZE": "0",
+    }
     with ServiceProcess(tiny_bundle, env=env) as svc:
         yield svc
 

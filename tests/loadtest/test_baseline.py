@@ -1,7 +1,7 @@
-"""The naive Keras baseline (bench phase d) on an attention bundle (a tiny real run, exported):
-it rebuilds the Lite0 grid encoder and the teacher-forced attention decoder from the bundle's
-Keras weights (else the run's), and its prefix-re-run greedy captions equal the ONNX service
-model's greedy captions."""
+"""The naive Keras baseline (bench phase d, ``training.baseline``) on an attention bundle (a
+tiny real run, exported): it rebuilds the Lite0 grid encoder and the teacher-forced attention
+decoder from the bundle's Keras weights (else the run's), and its prefix-re-run greedy captions
+equal the ONNX service model's greedy captions."""
 
 from __future__ import annotations
 
@@ -11,25 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.baseline import KerasNaiveBaseline, OnnxPrefixBaseline, load_baseline, measure
+from loadtest.ceiling import greedy_captions
 from loadtest.payloads import find_images
 from tests.training import test_attention
-
-pytestmark = pytest.mark.train
+from training.baseline import KerasNaiveBaseline, OnnxPrefixBaseline, load_baseline, measure
 
 # the tiny real attention run and its bundle, as tests/training/test_attention.py builds them
 attention_run = test_attention.attention_run
 attention_bundle = test_attention.attention_bundle
 
-
-def _greedy(bundle: Path, blobs: list[bytes]) -> list[str]:
-    import numpy as np
-
-    from service.model import CaptionModel
-
-    model = CaptionModel.load(bundle, intra_op_threads=2)
-    x = np.stack([model.preprocess(b) for b in blobs])
-    return [c[0].text for c in model.caption_images(x, [model.request()] * len(blobs))]
+pytestmark = pytest.mark.train
 
 
 def test_keras_baseline_of_an_attention_bundle_says_what_the_service_says(
@@ -40,7 +31,7 @@ def test_keras_baseline_of_an_attention_bundle_says_what_the_service_says(
     assert isinstance(baseline, KerasNaiveBaseline)
     assert baseline.role == "grid" and baseline.label.endswith("(weights from the bundle)")
     result = measure(baseline, blobs, warmup=0)
-    assert result.captions == _greedy(attention_bundle, blobs)
+    assert result.captions == greedy_captions(attention_bundle, blobs)
     assert all(t > 0 for t in result.seconds_per_image)
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from loadtest import benchdoc
+from loadtest.results import load
+
 pytestmark = pytest.mark.e2e
 
 
@@ -42,8 +45,13 @@ def test_quick_bench_writes_the_report(
     assert paired["rate"] == pytest.approx(results["service"]["levels"]["1"]["offered_rate"])
     assert set(results["service"]["levels"]) == {"0.5", "0.8", "1", "2"}
     assert results["naive"]["label"].startswith("ONNX fallback")  # the tiny bundle has no Keras
+    assert results["service"]["overload"]["rejected_503_share"] >= 0
     doc = (tmp_path / "benchmarks.md").read_text()
     for heading in ("## Summary", "## Ratios and targets", "## Roofline (f)", "### batching (b)",
                     "### Paired runs", "QUICK MODE", "benchmarks.png"):  # fmt: skip
         assert heading in doc
     assert (tmp_path / "benchmarks.png").read_bytes()[:4] == b"\x89PNG"
+    # benchmarks.json reads back into the dataclasses the report was written from
+    back = load(tmp_path / "benchmarks.json")
+    assert back.naive.captions_match == 1 and back.service.overload.deadline_ms == 10_000
+    assert "\n".join(benchdoc.lines(back)) + "\n" == doc

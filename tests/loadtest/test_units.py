@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -15,13 +15,15 @@ from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from loadtest import generator, promscrape
-from loadtest.bench import BenchConfig, _capacity
+from loadtest.benchconfig import BenchConfig
+from loadtest.ceiling import OfflineRow
 from loadtest.flops import count_macs
-from loadtest.generator import arrival_offsets, past_knee
+from loadtest.generator import KneeCriteria, arrival_offsets, past_knee
 from loadtest.payloads import PayloadPool, find_images, prepare
+from loadtest.ramp import capacity
 from loadtest.report import plot_steps, write_json
 from loadtest.static_server import StaticServer
-from loadtest.stats import RequestRecord, StepResult
+from loadtest.stats import RequestRecord, StepResult, StepStats
 
 
 def test_constant_arrivals_are_evenly_spaced() -> None:
@@ -98,9 +100,9 @@ def test_promscrape_reads_what_happened_between_two_scrapes() -> None:
         _exposition([8, 1, 2, 3, 16, 16], [0.05, 0.0005, 0.005, 0.005], ["200", "200", "503"])
     )
     summary = promscrape.summarise_delta(after - before)
-    assert summary["batches"] == 5
-    assert summary["batch_size_mean"] == pytest.approx((1 + 2 + 3 + 16 + 16) / 5)
-    assert summary["batch_size_distribution"] == {
+    assert summary.batches == 5
+    assert summary.batch_size_mean == pytest.approx((1 + 2 + 3 + 16 + 16) / 5)
+    assert summary.batch_size_distribution == {
         "1": 1,
         "2": 1,
         "4": 1,
@@ -108,10 +110,10 @@ def test_promscrape_reads_what_happened_between_two_scrapes() -> None:
         "16": 2,
         "+Inf": 0,
     }
-    assert summary["queue_wait_mean_ms"] == pytest.approx(1000 * 0.0105 / 3)
-    assert 1.0 < summary["queue_wait_p50_ms"] <= 10.0
-    assert summary["caption_requests_by_code"] == {"200": 1, "503": 1}
-    assert summary["rejected_by_reason"] == {"queue_full": 1}
+    assert summary.queue_wait_mean_ms == pytest.approx(1000 * 0.0105 / 3)
+    assert summary.queue_wait_p50_ms is not None and 1.0 < summary.queue_wait_p50_ms <= 10.0
+    assert summary.caption_requests_by_code == {"200": 1, "503": 1}
+    assert summary.rejected_by_reason == {"queue_full": 1}
 
 
 def test_histogram_quantile_interpolates_like_promql() -> None:
@@ -155,31 +157,28 @@ def test_flop_counter_counts_conv_matmul_and_gemm(tmp_path: Path) -> None:
 
 def test_report_writes_json_and_png(tmp_path: Path) -> None:
     steps = [
-        {
-            "offered_rate": r,
-            "throughput": min(r, 30.0),
-            "latency_ms": {"p50": 10.0 + r, "p95": 20.0 + r, "p99": 30.0 + r},
-        }
+        StepStats(
+            offered_rate=r,
+            throughput=min(r, 30.0),
+            latency_ms={"p50": 10.0 + r, "p95": 20.0 + r, "p99": 30.0 + r},
+        )
         for r in (10.0, 20.0, 40.0)
     ]
     png = plot_steps({"batching": steps, "batch 1": steps[:2]}, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    out = write_json(tmp_path / "r.json", {"steps": steps, "path": tmp_path, "n": np.int64(3)})
+    out = write_json(tmp_path / "r.json", {"path": tmp_path, "n": np.int64(3)})
     assert json.loads(out.read_text())["n"] == 3
 
 
 def test_knee_criteria() -> None:
-    base = {
-        "offered_rate": 50.0,
-        "offered_actual": 50.0,
-        "throughput": 49.0,
-        "error_share": 0.0,
-        "latency_ms": {"p99": 100.0},
-    }
-    assert past_knee(base, p99_bound_ms=200) is None
-    assert "throughput" in str(past_knee(base | {"throughput": 40.0}, p99_bound_ms=200))
-    assert "p99" in str(past_knee(base, p99_bound_ms=50))
-    assert "error" in str(past_knee(base | {"error_share": 0.2}, p99_bound_ms=200))
+    base = StepStats(
+        offered_rate=50.0, offered_actual=50.0, throughput=49.0, latency_ms={"p99": 100.0}
+    )
+    within = KneeCriteria(p99_bound_ms=200)
+    assert past_knee(base, within) is None
+    assert "throughput" in str(past_knee(replace(base, throughput=40.0), within))
+    assert "p99" in str(past_knee(base, KneeCriteria(p99_bound_ms=50)))
+    assert "error" in str(past_knee(replace(base, error_share=0.2), within))
 
 
 def _open_step(rate: float, answered_at: list[float], seconds: float = 8.0) -> StepResult:
@@ -190,23 +189,23 @@ def _open_step(rate: float, answered_at: list[float], seconds: float = 8.0) -> S
 
 def test_throughput_is_the_rate_served_not_charged_for_latency() -> None:
     # a service that keeps up at 10/s, each answer 1 s late: it served 10/s
-    kept_up = _open_step(10.0, [i / 10 + 1.0 for i in range(80)]).summary()
-    assert kept_up["throughput"] == pytest.approx(10.0, rel=0.05)
-    assert kept_up["throughput_with_drain"] == pytest.approx(80 / 8.9)  # the old figure: 10% low
-    assert past_knee(kept_up, p99_bound_ms=2000) is None
+    kept_up = _open_step(10.0, [i / 10 + 1.0 for i in range(80)]).stats()
+    assert kept_up.throughput == pytest.approx(10.0, rel=0.05)
+    assert kept_up.throughput_with_drain == pytest.approx(80 / 8.9)  # every answer: 10% low
+    assert past_knee(kept_up, KneeCriteria(p99_bound_ms=2000)) is None
     # 20/s offered to a service that answers 10/s (its queue grows): 10/s, past the knee
-    behind = _open_step(20.0, [0.1 * (i + 1) for i in range(160)]).summary()
-    assert behind["offered_window"] == pytest.approx(20.0, rel=0.05)
-    assert behind["throughput"] == pytest.approx(10.0, rel=0.05)
-    assert "throughput" in str(past_knee(behind, p99_bound_ms=60_000))
+    behind = _open_step(20.0, [0.1 * (i + 1) for i in range(160)]).stats()
+    assert behind.offered_window == pytest.approx(20.0, rel=0.05)
+    assert behind.throughput == pytest.approx(10.0, rel=0.05)
+    assert "throughput" in str(past_knee(behind, KneeCriteria(p99_bound_ms=60_000)))
 
 
 class _FakeStep:
-    def __init__(self, summary: dict[str, Any]) -> None:
-        self._summary = summary
+    def __init__(self, stats: StepStats) -> None:
+        self._stats = stats
 
-    def summary(self) -> dict[str, Any]:
-        return dict(self._summary)
+    def stats(self) -> StepStats:
+        return self._stats
 
 
 async def test_bench_knee_search_lets_the_longer_steps_decide(
@@ -215,31 +214,30 @@ async def test_bench_knee_search_lets_the_longer_steps_decide(
     """An 8 s coarse step caught by a burst stops the coarse ramp below the service's capacity
     (110/s); the finer 15 s steps go on through that rate until one bends, and they set the max
     sustained rate."""
-    capacity = 110.0
+    held = 110.0
 
     async def open_loop(*_: object, rate: float, duration_s: float, **__: object) -> _FakeStep:
         burst = duration_s < 10 and rate >= 104  # the short step fell behind for a moment
         return _FakeStep(
-            {
-                "offered_rate": rate,
-                "offered_window": rate,
-                "duration_s": duration_s,
-                "throughput": min(rate, capacity) * (0.9 if burst else 1.0),
-                "error_share": 0.0,
-                "latency_ms": {"p99": 2000.0 if rate > capacity else 300.0},
-            }
+            StepStats(
+                offered_rate=rate,
+                offered_window=rate,
+                duration_s=duration_s,
+                throughput=min(rate, held) * (0.9 if burst else 1.0),
+                latency_ms={"p99": 2000.0 if rate > held else 300.0},
+            )
         )
 
     monkeypatch.setattr(generator, "open_loop", open_loop)
     cfg = BenchConfig(bundle_dir=tmp_path, images=None, out_dir=tmp_path, step_s=8, fine_step_s=15)
-    cap = await _capacity(None, None, None, cfg, ceiling=120.0, bound_ms=1000.0)  # type: ignore[arg-type]
-    coarse = [s["offered_rate"] for s in cap["steps"] if s["duration_s"] == 8]
-    fine = [s["offered_rate"] for s in cap["steps"] if s["duration_s"] == 15]
+    cap = await capacity(None, None, None, cfg, ceiling=120.0, bound_ms=1000.0)  # type: ignore[arg-type]
+    coarse = [s.offered_rate for s in cap.steps if s.duration_s == 8]
+    fine = [s.offered_rate for s in cap.steps if s.duration_s == 15]
     assert coarse[-1] == 108  # where the coarse ramp (steps of 12/s) stopped
     assert fine == pytest.approx([99, 102, 105, 108, 111])  # through 108 until a step bent
-    assert cap["max_sustained_rate"] == pytest.approx(108.0)  # held by a 15 s step
-    assert cap["max_sustained_throughput"] == pytest.approx(108.0)
-    assert "p99" in cap["knee_reason"]  # the finer ramp bent past the capacity (at 111/s)
+    assert cap.max_sustained_rate == pytest.approx(108.0)  # held by a 15 s step
+    assert cap.max_sustained_throughput == pytest.approx(108.0)
+    assert "p99" in str(cap.knee_reason)  # the finer ramp bent past the capacity (at 111/s)
 
 
 async def test_raw_client_reads_chunked_and_closed_responses() -> None:
@@ -333,9 +331,9 @@ def test_queue_model_batches_what_waits_and_keeps_up_where_single_images_cannot(
 
     run = simulate(300.0, fixed_cost, max_batch=16, arrivals=50_000)
     assert run.batch_sizes.max() > 1 and float(np.percentile(run.latencies_s, 99)) < 0.2
-    rows = [{"batch_size": n, "throughput": n / fixed_cost(n)} for n in (1, 2, 4, 8, 16)]
+    rows = [_row(n, n / fixed_cost(n)) for n in (1, 2, 4, 8, 16)]
     best = ideal_p99(rows, 300.0, arrivals=50_000)
-    assert best is not None and best["max_batch"] > 2  # caps 1 and 2 (100/s, 167/s) fall behind
+    assert best is not None and best.max_batch > 2  # caps 1 and 2 (100/s, 167/s) fall behind
     assert ideal_p99(rows, 1000.0) is None  # more than any batch size can serve (16: 400/s)
 
 
@@ -344,7 +342,7 @@ def test_queue_model_runs_batches_side_by_side() -> None:
     half the time, and no request waits much longer than its own 20 ms."""
     from loadtest.queue_model import batch_seconds, simulate
 
-    rows = [{"batch_size": 1, "throughput": 100.0}]  # both servers together
+    rows = [_row(1, 100.0, workers=2)]  # both servers together
     per_server = batch_seconds(rows, servers=2)
     assert per_server(1) == pytest.approx(0.020)
     run = simulate(50.0, per_server, max_batch=1, servers=2, arrivals=100_000)
@@ -353,33 +351,68 @@ def test_queue_model_runs_batches_side_by_side() -> None:
 
 
 def test_p99_floor_takes_the_kinder_layout() -> None:
-    from loadtest.benchdoc import p99_floor
+    from loadtest.ratios import p99_floor
 
-    one = [{"batch_size": n, "throughput": t} for n, t in ((1, 50.0), (4, 100.0), (8, 110.0))]
-    side = [{"batch_size": n, "workers": 2, "throughput": 1.3 * r["throughput"]} for n, r in
-            zip((1, 4, 8), one, strict=True)]  # fmt: skip
+    one = [_row(n, t) for n, t in ((1, 50.0), (4, 100.0), (8, 110.0))]
+    side = [_row(r.batch_size, 1.3 * r.throughput, workers=2) for r in one]
     alone = p99_floor(one, 85.0, idle_p50_ms=25.0)
     both = p99_floor(one, 85.0, idle_p50_ms=25.0, parallel_rows=side)
     assert alone is not None and both is not None
-    assert (alone["servers"], both["servers"]) == (1, 2)
-    assert both["p99_floor_ms"] < alone["p99_floor_ms"]
+    assert (alone.ideal.servers, both.ideal.servers) == (1, 2)
+    assert both.p99_floor_ms < alone.p99_floor_ms
 
 
 def test_p99_floor_adds_the_time_outside_the_model_to_the_ideal_p99() -> None:
-    from loadtest.benchdoc import p99_floor
     from loadtest.queue_model import ideal_p99
+    from loadtest.ratios import p99_floor
 
-    rows = [
-        {"batch_size": 4, "throughput": 120.0},
-        {"batch_size": 1, "throughput": 50.0},
-        {"batch_size": 2, "throughput": 80.0},
-    ]
+    rows = [_row(4, 120.0), _row(1, 50.0), _row(2, 80.0)]
     floor = p99_floor(rows, 100.0, idle_p50_ms=25.0)
     ideal = ideal_p99(rows, 100.0)
     assert floor is not None and ideal is not None
-    assert floor["outside_model_ms"] == pytest.approx(5.0)  # idle 25 ms - 1 / (50/s)
-    assert floor["p99_floor_ms"] == pytest.approx(ideal["p99_ms"] + 5.0)
-    assert floor["ratio"] == pytest.approx(floor["p99_floor_ms"] / 25.0)
-    assert floor["max_batch"] == 4  # only batches of 4 (120/s) keep up with 100/s
-    assert floor["p99_ms"] > 2 * 1000 * 4 / 120.0  # bursts: more than two full batches
+    assert floor.outside_model_ms == pytest.approx(5.0)  # idle 25 ms - 1 / (50/s)
+    assert floor.p99_floor_ms == pytest.approx(ideal.p99_ms + 5.0)
+    assert floor.ratio == pytest.approx(floor.p99_floor_ms / 25.0)
+    assert floor.ideal.max_batch == 4  # only batches of 4 (120/s) keep up with 100/s
+    assert floor.ideal.p99_ms > 2 * 1000 * 4 / 120.0  # bursts: more than two full batches
     assert p99_floor(rows, 130.0, idle_p50_ms=25.0) is None  # beyond every offline figure
+
+
+def _row(batch_size: int, throughput: float, *, workers: int = 1) -> OfflineRow:
+    return OfflineRow(batch_size, workers, throughput, rounds=[throughput])
+
+
+def test_results_come_back_from_json_as_the_dataclasses_that_wrote_them() -> None:
+    from dataclasses import asdict
+
+    from loadtest.serde import from_dict
+
+    stats = StepStats(
+        offered_rate=5.0,
+        latency_ms={"p50": 1.0},
+        errors={"503:overloaded": 2},
+        server=promscrape.ServerStats(batches=3, mean_ms_per_batch={"encode": 4}),
+        client=None,
+    )
+    back = from_dict(StepStats, json.loads(json.dumps(asdict(stats))))
+    assert back == stats and isinstance(back.server, promscrape.ServerStats)
+    cfg = BenchConfig(bundle_dir=Path("b"), images=None, out_dir=Path("o"), batch_sizes=(1, 4))
+    assert from_dict(BenchConfig, json.loads(json.dumps(asdict(cfg), default=str))) == cfg
+    with pytest.raises(ValueError, match="unknown keys"):
+        from_dict(StepStats, {"offered_rate": 1.0, "renamed": 2})
+
+
+def test_py_spy_samples_summarise_into_a_profile_that_survives_json() -> None:
+    from dataclasses import asdict
+
+    from loadtest.profiling import Profile, summarise_collapsed
+    from loadtest.serde import from_dict
+
+    text = (
+        "thread (1): model_0;run (a.py:1);Session.run (ort.py:9) 30\n"
+        "thread (2): decode_0;run (a.py:1);decode (p.py:3) 10\n"
+    )
+    profile = summarise_collapsed(text)
+    assert profile.samples == 40 and profile.self_share[0] == ("Session.run (ort.py)", 0.75)
+    assert ("run (a.py)", 1.0) in profile.inclusive
+    assert from_dict(Profile, json.loads(json.dumps(asdict(profile)))) == profile

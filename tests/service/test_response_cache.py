@@ -74,19 +74,24 @@ async def test_a_cancelled_waiter_does_not_cancel_the_others() -> None:
     assert compute.runs == 1
 
 
-async def test_the_computation_finishes_and_is_stored_when_every_waiter_left() -> None:
+async def test_the_computation_is_cancelled_once_every_waiter_left() -> None:
     cache: ResponseCache[str, str] = ResponseCache(max_entries=4)
     compute = Counted(gated=True)
-    call = asyncio.create_task(cache.get_or_compute("k", compute("a dog")))
+    calls = [asyncio.create_task(cache.get_or_compute("k", compute("a dog"))) for _ in range(2)]
     await compute.started.wait()
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
-    compute.gate.set()
+    calls[0].cancel()
+    await asyncio.sleep(0)
+    assert cache.in_flight == 1  # one waiter is left: the computation goes on
+    calls[1].cancel()
+    for call in calls:
+        with pytest.raises(asyncio.CancelledError):
+            await call
     while cache.in_flight:
         await asyncio.sleep(0)
-    assert await cache.get_or_compute("k", compute("x")) == ("a dog", "hit")
-    assert compute.runs == 1
+    assert len(cache) == 0  # nothing was stored
+    compute.gate.set()
+    assert await cache.get_or_compute("k", compute("a cat")) == ("a cat", "miss")
+    assert compute.runs == 2
 
 
 async def test_the_least_recently_used_is_evicted() -> None:

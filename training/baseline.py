@@ -1,5 +1,10 @@
 """The naive baseline: how the tutorials serve a CNN + LSTM captioner, with the bundle's weights.
 
+    python -m training.baseline --bundle models/default [--warmup 1] [--out result.json] IMAGE...
+
+prints (or writes to ``--out``) a ``BaselineResult`` as JSON; ``make bench`` runs it as a
+subprocess for its phase (d) when the train extra is installed.
+
 One image at a time, no batching:
 
 1. decode and resize the image (the shared ``service.imaging`` code, so inputs are identical),
@@ -26,6 +31,9 @@ labelled as such in every report.
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,12 +219,16 @@ class BaselineResult:
         """Images per second when requests are served one at a time (1 / mean latency)."""
         return 1.0 / float(np.mean(self.seconds_per_image))
 
+    @property
+    def mean_s(self) -> float:
+        return float(np.mean(self.seconds_per_image))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "images": self.images,
             "seconds_per_image": self.seconds_per_image,
-            "mean_s": float(np.mean(self.seconds_per_image)),
+            "mean_s": self.mean_s,
             "throughput": self.throughput,
             "captions": self.captions,
         }
@@ -233,3 +245,26 @@ def measure(pipeline: NaivePipeline, blobs: list[bytes], *, warmup: int = 1) -> 
         captions.append(pipeline.caption(data))
         times.append(time.perf_counter() - start)
     return BaselineResult(pipeline.label, len(blobs), times, captions)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.baseline", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed captions first")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
+    parser.add_argument("images", type=Path, nargs="+")
+    args = parser.parse_args(argv)
+    blobs = [path.read_bytes() for path in args.images]
+    result = measure(load_baseline(args.bundle), blobs, warmup=args.warmup)
+    text = json.dumps(result.to_dict(), indent=2)
+    if args.out is None:
+        sys.stdout.write(text + "\n")
+    else:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
