@@ -3,6 +3,7 @@
 #   docker build -t captioner:0.1.0 .                         # CPU (default), python:3.11-slim
 #   DOCKER_BUILDKIT=0 docker build --target runtime -t captioner:0.1.0 .   # legacy builder: name it
 #   docker build --target gpu -t captioner:0.1.0-gpu .        # GPU: onnxruntime-gpu on CUDA 13 + cuDNN 9
+#   docker build --target ray -t captioner:0.1.0-ray .        # bulk captioning on Ray (the chart's RayJob)
 #   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp captioner:0.1.0
 #   docker run ... -v /path/to/bundle:/models/custom:ro -e CAPTION_BUNDLE_DIR=/models/custom captioner:0.1.0
 #
@@ -22,6 +23,7 @@ RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip==25.3
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
+COPY batch ./batch
 RUN /opt/venv/bin/pip install '.[cpu]' \
     && /opt/venv/bin/python -c "import service, onnxruntime; print('onnxruntime', onnxruntime.__version__)" \
     && ! /opt/venv/bin/python -c "import tensorflow" 2>/dev/null \
@@ -53,6 +55,49 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "service"]
 
+# ---- ray-build: the service, the bulk command and Ray (Data + the dashboard's job server) ----
+# The `ray` extra holds ray[data,default]: KubeRay submits the job through the head's dashboard
+# (`ray job submit`), runs the autoscaler sidecar from this image, and its health probes ask the
+# dashboard agent. No runtime_env installs at job start: everything the job needs is here.
+FROM ${BASE_IMAGE} AS ray-build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip==25.3
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY batch ./batch
+RUN /opt/venv/bin/pip install '.[cpu,ray]' \
+    && /opt/venv/bin/python -c "import ray, batch, service, onnxruntime; print('ray', ray.__version__)" \
+    && ! /opt/venv/bin/python -c "import tensorflow" 2>/dev/null \
+    && /opt/venv/bin/python -m pip uninstall -q -y pip
+
+# ---- ray: head, worker and submitter image of the chart's RayJob (batchJob) ----
+#   docker build --target ray -t captioner:0.1.0-ray .
+#   docker run --rm captioner:0.1.0-ray captioner caption /data/in --out /tmp/out --engine ray
+# KubeRay replaces the command with `ray start ...` (bash) and probes with wget; uid 10001 as above.
+FROM ${BASE_IMAGE} AS ray
+ARG BUNDLE_DIR=models/default
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    RAY_USAGE_STATS_ENABLED=0 \
+    CAPTION_BUNDLE_DIR=/app/models/default \
+    CAPTION_LOG_JSON=true
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends wget \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 10001 captioner \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin captioner
+COPY --from=ray-build /opt/venv /opt/venv
+WORKDIR /app
+COPY ${BUNDLE_DIR} /app/models/default
+USER 10001:10001
+CMD ["captioner", "--help"]
+
 # ---- gpu-build: the same environment with onnxruntime-gpu, on the CUDA base ----
 # onnxruntime-gpu 1.31 loads CUDA 13 + cuDNN 9 (it says "Require cuDNN 9.* and CUDA 13.*" otherwise),
 # so the node needs an NVIDIA driver >= 580. Not run in CI (no CUDA base image or GPU offline); the
@@ -67,6 +112,7 @@ RUN python3.11 -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip==25.
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
+COPY batch ./batch
 RUN /opt/venv/bin/pip install '.[gpu]' && /opt/venv/bin/python -m pip uninstall -q -y pip
 
 # ---- gpu: runtime on the CUDA base; CAPTION_PROVIDER=cuda ----
@@ -102,5 +148,6 @@ STOPSIGNAL SIGTERM
 CMD ["python", "-m", "service"]
 
 # Default target (BuildKit builds only the stages it needs). The legacy builder runs every stage up
-# to the target in file order, so with it pass `--target runtime` (or `--target gpu`).
+# to the target in file order, so with it pass `--target runtime` (or `--target ray`, `--target gpu`);
+# the ray stages sit before the CUDA ones so that `--target ray` needs no CUDA base image.
 FROM runtime

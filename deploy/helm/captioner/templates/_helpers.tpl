@@ -89,3 +89,116 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "autoscaling needs at least one metric: targetCPUUtilizationPercentage or pendingRequests" }}
 {{- end }}
 {{- end }}
+
+{{/* ServiceAccount of the RayJob's pods (batchJob.serviceAccount), separate from the service's. */}}
+{{- define "captioner.batch.serviceAccountName" -}}
+{{- if .Values.batchJob.serviceAccount.create }}
+{{- default (printf "%s-batch" (include "captioner.fullname" . | trunc 57 | trimSuffix "-")) .Values.batchJob.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.batchJob.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The ray image (`docker build --target ray`): appVersion-ray unless batchJob.image.tag is set. */}}
+{{- define "captioner.batch.image" -}}
+{{- $tag := default (printf "%s-ray" .Chart.AppVersion) .Values.batchJob.image.tag }}
+{{- printf "%s:%s" .Values.batchJob.image.repository $tag }}
+{{- end }}
+
+{{/* One shell word: single-quoted unless made only of safe characters (the entrypoint runs in a shell). */}}
+{{- define "captioner.shellQuote" -}}
+{{- $s := toString . }}
+{{- if regexMatch "^[A-Za-z0-9_./:=@%+,-]+$" $s }}
+{{- $s }}
+{{- else }}
+{{- printf "'%s'" (replace "'" "'\\''" $s) }}
+{{- end }}
+{{- end }}
+
+{{/* `captioner caption ...`: the RayJob's entrypoint. */}}
+{{- define "captioner.batch.entrypoint" -}}
+{{- $b := .Values.batchJob }}
+{{- $words := list "captioner" "caption" }}
+{{- range (kindIs "string" $b.input | ternary (list $b.input) $b.input) }}
+{{- $words = append $words (include "captioner.shellQuote" .) }}
+{{- end }}
+{{- $words = concat $words (list "--out" (include "captioner.shellQuote" $b.output) "--engine" "ray" "--address" "auto") }}
+{{- $words = concat $words (list "--actors" (printf "%d:%d" (int $b.actors.min) (int $b.actors.max)) "--cpus-per-actor" (int $b.cpusPerActor | toString)) }}
+{{- $words = concat $words (list "--batch-size" (int $b.batchSize | toString) "--beam-size" (int $b.beamSize | toString) "--num-captions" (int $b.numCaptions | toString)) }}
+{{- range $b.extraArgs }}
+{{- $words = append $words (include "captioner.shellQuote" .) }}
+{{- end }}
+{{- join " " $words }}
+{{- end }}
+
+{{/* Refuse batchJob values that would start a cluster for a job that cannot run. */}}
+{{- define "captioner.batch.validate" -}}
+{{- $b := .Values.batchJob }}
+{{- if not $b.input }}
+{{- fail "batchJob.enabled needs batchJob.input" }}
+{{- end }}
+{{- if not $b.output }}
+{{- fail "batchJob.enabled needs batchJob.output" }}
+{{- end }}
+{{- if gt (int $b.actors.min) (int $b.actors.max) }}
+{{- fail (printf "batchJob.actors.min (%d) must be <= batchJob.actors.max (%d)" (int $b.actors.min) (int $b.actors.max)) }}
+{{- end }}
+{{- if gt (int $b.numCaptions) (int $b.beamSize) }}
+{{- fail (printf "batchJob.numCaptions (%d) must be <= batchJob.beamSize (%d)" (int $b.numCaptions) (int $b.beamSize)) }}
+{{- end }}
+{{- if regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://" $b.output }}
+{{- fail (printf "batchJob.output (%s) must be a path on batchJob.volumes: the bulk command writes files, not URIs" $b.output) }}
+{{- end }}
+{{- range (kindIs "string" $b.input | ternary (list $b.input) $b.input) }}
+{{- if and (regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://" .) (not (regexMatch "^https?://" .)) }}
+{{- fail (printf "batchJob.input (%s): only paths on batchJob.volumes and http(s) URLs are read" .) }}
+{{- end }}
+{{- end }}
+{{- if hasKey $b.worker.rayStartParams "num-cpus" }}
+{{- fail "batchJob.worker.rayStartParams cannot set num-cpus: a worker's CPUs are batchJob.cpusPerActor" }}
+{{- end }}
+{{- end }}
+
+{{/* Environment of the Ray head and worker containers: ONNX Runtime threads = the actor's CPUs. */}}
+{{- define "captioner.batch.env" -}}
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+- name: CAPTION_INTRA_OP_THREADS
+  value: {{ int .Values.batchJob.cpusPerActor | quote }}
+- name: CAPTION_INTER_OP_THREADS
+  value: "1"
+- name: CAPTION_BUNDLE_DIR
+  value: /app/models/default
+{{- with .Values.batchJob.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of the RayJob and its pods: not the service's selector labels (no Service or PDB picks them). */}}
+{{- define "captioner.batch.podLabels" -}}
+app.kubernetes.io/name: {{ include "captioner.name" . }}-batch
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: batch
+app.kubernetes.io/part-of: {{ include "captioner.name" . }}
+{{- end }}
+
+{{/* Pod settings shared by the head, worker and submitter pods. */}}
+{{- define "captioner.batch.podCommon" -}}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.batchJob.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.batchJob.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumes:  # last: the head and worker templates append batchJob.volumes (not the submitter)
+  - name: tmp
+    emptyDir: {}
+{{- end }}
