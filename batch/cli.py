@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Caption image files, folders, lists and manifests; one row per input.",
     )
     cap.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder, list, manifest, -")
-    cap.add_argument("--out", required=True, type=Path, help="results .jsonl, .csv or .parquet")
+    cap.add_argument(
+        "--out",
+        required=True,
+        help="results .jsonl/.csv/.parquet (--engine ray: a folder or gs://)",
+    )
     cap.add_argument(
         "--glob",
         action="append",

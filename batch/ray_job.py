@@ -29,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batch import storage
 from batch.engines import InProcessEngine
 from batch.job import Summary
 from batch.rows import COLUMNS, ErrorInfo, ModelInfo, Options, Row
@@ -50,24 +51,25 @@ SCHEMA = pa.schema(
 COMPLETION = "_completion.json"
 
 
-def run_dirs(out: Path) -> list[Path]:
-    """Earlier and current run folders under ``out``, oldest first."""
-    return sorted(p for p in out.glob("run-*") if p.is_dir())
+def run_dirs(out: str | Path) -> list[str]:
+    """Earlier and current run folders under ``out`` (a path or ``gs://``), oldest first."""
+    return storage.list_dirs(str(out), "run-")
 
 
-def read_run_rows(run_dir: Path) -> list[Row]:
+def read_run_rows(run_dir: str) -> list[Row]:
     """Rows of one run's complete shards (a shard torn by a crash is left out)."""
     rows: list[Row] = []
-    for shard in sorted(run_dir.glob("*.parquet")):
+    fs, _ = storage.filesystem(run_dir)
+    for shard in storage.list_files(run_dir, ".parquet"):
         try:
-            table = pq.read_table(shard)
+            table = pq.read_table(storage.filesystem(shard)[1], filesystem=fs)
         except (pa.ArrowException, OSError):
             continue
         rows.extend(row_from_record(r) for r in table.to_pylist())
     return rows
 
 
-def merge_runs(out: Path) -> list[Row]:
+def merge_runs(out: str | Path) -> list[Row]:
     """One row per input over every run under ``out``: its latest ``ok`` row, else its latest."""
     merged: dict[str, Row] = {}
     for run_dir in run_dirs(out):
@@ -201,7 +203,7 @@ def run_ray_job(
         update={"intra_op_threads": cpus, "max_concurrent_batches": 1, "cache_size": 0}
     )
     model, options = resolve(actor_settings, raw_options)
-    out = Path(args.out)
+    out = str(args.out)
     done: set[tuple[str, str | None]] = set()
     if not args.force:
         for row in merge_runs(out):
@@ -210,8 +212,8 @@ def run_ray_job(
                 done.add((row.id, row.sha256))
     if not ray.is_initialized():
         ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
-    run_dir = out / f"run-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    run_dir.mkdir(parents=True)
+    run_dir = storage.join(out, f"run-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
+    storage.make_dir(run_dir)
     # local paths are read by workers whose working directory is not ours: pass them absolute
     records = [
         {"id": i.id, "uri": i.uri, "is_url": i.is_url, "read": _absolute(i), "data": None}
@@ -230,7 +232,7 @@ def run_ray_job(
                 "done": frozenset(done),
             },
         )
-        captioned.write_parquet(str(run_dir))
+        captioned.write_parquet(run_dir)
     rows = read_run_rows(run_dir)
     summary = Summary(inputs=len(items), seconds=time.perf_counter() - started)
     for row in rows:
@@ -240,7 +242,7 @@ def run_ray_job(
             summary.errors[row.error["code"] if row.error else "internal"] += 1
     summary.skipped = len(items) - len(rows)
     completion = {
-        "run": run_dir.name,
+        "run": run_dir.rstrip("/").rsplit("/", 1)[-1],
         "inputs": len(items),
         "rows": len(rows),
         "ok": summary.ok,
@@ -250,7 +252,7 @@ def run_ray_job(
         "options": options,
         "seconds": round(summary.seconds, 3),
     }
-    (run_dir / COMPLETION).write_text(json.dumps(completion, indent=2) + "\n")
+    storage.write_text(storage.join(run_dir, COMPLETION), json.dumps(completion, indent=2) + "\n")
     return summary
 
 

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -30,7 +31,7 @@ def job_settings(args: argparse.Namespace) -> Settings:
 
 def job_config(args: argparse.Namespace, settings: Settings) -> JobConfig:
     return JobConfig(
-        out=args.out,
+        out=Path(args.out),
         retry_failed=args.retry_failed,
         force=args.force,
         xmp_sidecar=args.xmp_sidecar or args.sidecar_dir is not None,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TextIO
 
 from batch.rows import FileUnreadable
+from batch.storage import STORAGE_SCHEMES, read_object
 from service.errors import EmptyBody, PayloadTooLarge, UrlForbidden
 
 IMAGE_PATTERNS: tuple[str, ...] = tuple(
@@ -248,14 +249,19 @@ def read_item_bytes(item: Item, max_bytes: int) -> bytes:
     """The bytes of a local item, or a ``service.errors`` error naming what is wrong with it.
 
     Missing or unreadable -> ``FileUnreadable``; zero bytes -> ``EmptyBody``; over ``max_bytes``
-    -> ``PayloadTooLarge``; a non-http(s) URI -> ``UrlForbidden``. http(s) URLs are fetched by
+    -> ``PayloadTooLarge``; a ``gs://`` object is read through ``batch.storage``; any other
+    non-http(s) URI -> ``UrlForbidden``. http(s) URLs are fetched by
     the caller (``service.urlfetch``, with its SSRF guard), so passing one is a programming error.
     """
     if item.is_url:
         raise ValueError(f"{item.uri} is a URL: fetch it with service.urlfetch")
     scheme = item.scheme
+    if scheme in STORAGE_SCHEMES:
+        return read_object(item.uri, max_bytes)
     if scheme is not None:
-        raise UrlForbidden(f"{item.uri}: only http:// and https:// URLs are fetched, not {scheme}:")
+        raise UrlForbidden(
+            f"{item.uri}: only http(s) URLs and gs:// objects are read, not {scheme}:"
+        )
     try:
         with open(item.uri, "rb") as f:
             info = os.fstat(f.fileno())

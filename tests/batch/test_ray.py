@@ -73,7 +73,7 @@ def test_ray_rows_equal_the_local_jobs_and_a_rerun_computes_only_what_is_missing
     # a job stopped after its first 120 inputs, then the whole job
     assert caption(str(first_part), *ray_args) == 0
     assert caption(str(inputs), *ray_args) == 0
-    first, second = run_dirs(out)
+    first, second = map(Path, run_dirs(out))
     assert len(json.loads((first / COMPLETION).read_text())["errors"]) == 3
     done = json.loads((second / COMPLETION).read_text())
     assert done["inputs"] == len(lines) and done["skipped"] == 120  # computed 185, not 305
@@ -108,7 +108,7 @@ def test_a_new_run_never_overwrites_an_earlier_runs_shards(
     out = tmp_path / "out"
     args = ["--out", str(out), "--engine", "ray", "--actors", "1:2"]
     assert caption(str(few), *args) == 0
-    shards = {p: p.read_bytes() for p in run_dirs(out)[0].glob("*.parquet")}
+    shards = {p: p.read_bytes() for p in Path(run_dirs(out)[0]).glob("*.parquet")}
     assert caption(str(few), *args, "--force") == 0
     assert len(run_dirs(out)) == 2
     assert {p: p.read_bytes() for p in shards} == shards  # the earlier run is untouched

@@ -146,12 +146,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if gt (int $b.numCaptions) (int $b.beamSize) }}
 {{- fail (printf "batchJob.numCaptions (%d) must be <= batchJob.beamSize (%d)" (int $b.numCaptions) (int $b.beamSize)) }}
 {{- end }}
-{{- if regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://" $b.output }}
-{{- fail (printf "batchJob.output (%s) must be a path on batchJob.volumes: the bulk command writes files, not URIs" $b.output) }}
+{{- if and (regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://" $b.output) (not (hasPrefix "gs://" $b.output)) }}
+{{- fail (printf "batchJob.output (%s) must be a path on batchJob.volumes or a gs:// folder" $b.output) }}
 {{- end }}
 {{- range (kindIs "string" $b.input | ternary (list $b.input) $b.input) }}
-{{- if and (regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://" .) (not (regexMatch "^https?://" .)) }}
-{{- fail (printf "batchJob.input (%s): only paths on batchJob.volumes and http(s) URLs are read" .) }}
+{{- if and (regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://" .) (not (regexMatch "^(https?|gs)://" .)) }}
+{{- fail (printf "batchJob.input (%s): only paths on batchJob.volumes, gs:// objects and http(s) URLs are read" .) }}
 {{- end }}
 {{- end }}
 {{- if hasKey $b.worker.rayStartParams "num-cpus" }}
