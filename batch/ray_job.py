@@ -33,7 +33,7 @@ from batch import storage
 from batch.engines import InProcessEngine
 from batch.job import Summary
 from batch.rows import COLUMNS, ErrorInfo, ModelInfo, Options, Row
-from batch.sources import Item, read_item_bytes
+from batch.sources import IMAGE_PATTERNS, Item, read_item_bytes
 from service.captioner import Captioner
 from service.errors import CaptionError
 from service.settings import Settings
@@ -49,6 +49,17 @@ SCHEMA = pa.schema(
     + [("status", pa.string())]
 )
 COMPLETION = "_completion.json"
+INPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("uri", pa.string()),
+        ("is_url", pa.bool_()),
+        ("read", pa.string()),
+        ("has_data", pa.bool_()),
+        ("data", pa.binary()),
+    ]
+)
+IMAGE_EXTENSIONS = tuple(p.removeprefix("*.") for p in IMAGE_PATTERNS)
 
 
 def run_dirs(out: str | Path) -> list[str]:
@@ -135,7 +146,7 @@ class CaptionActor:
         path, uri = (item.uri, None) if local else (None, item.uri)
         digest = None
         try:
-            data: bytes | None = record.get("data")
+            data: bytes | None = record["data"] if record["has_data"] else None
             if data is None:
                 if item.is_url:
                     data = (await fetch_image(item.uri, self._policy, http)).data
@@ -204,9 +215,12 @@ def run_ray_job(
     )
     model, options = resolve(actor_settings, raw_options)
     out = str(args.out)
+    if "://" not in out:  # Ray's writers run in other working directories
+        out = os.path.abspath(out)
     done: set[tuple[str, str | None]] = set()
+    earlier = [] if args.force else merge_runs(out)
     if not args.force:
-        for row in merge_runs(out):
+        for row in earlier:
             same = row.model["version"] == model["version"] and row.options == options
             if same and (row.status == "ok" or not args.retry_failed):
                 done.add((row.id, row.sha256))
@@ -214,13 +228,9 @@ def run_ray_job(
         ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
     run_dir = storage.join(out, f"run-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
     storage.make_dir(run_dir)
-    # local paths are read by workers whose working directory is not ours: pass them absolute
-    records = [
-        {"id": i.id, "uri": i.uri, "is_url": i.is_url, "read": _absolute(i), "data": None}
-        for i in items
-    ]
-    if records:
-        captioned = ray.data.from_items(records).map_batches(
+    inputs = input_dataset(args, items)
+    if inputs is not None:
+        captioned = inputs.map_batches(
             CaptionActor,
             batch_format="pyarrow",
             batch_size=args.batch_size,
@@ -234,6 +244,7 @@ def run_ray_job(
         )
         captioned.write_parquet(run_dir)
     rows = read_run_rows(run_dir)
+    rows += reconcile(run_dir, items, rows, earlier, model, options)
     summary = Summary(inputs=len(items), seconds=time.perf_counter() - started)
     for row in rows:
         if row.status == "ok":
@@ -254,6 +265,89 @@ def run_ray_job(
     }
     storage.write_text(storage.join(run_dir, COMPLETION), json.dumps(completion, indent=2) + "\n")
     return summary
+
+
+def input_dataset(args: argparse.Namespace, items: Sequence[Item]) -> Any:
+    """The job's inputs as (id, uri, is_url, read, has_data, data) rows, or None if none.
+
+    Folders (with the default patterns) are listed and read by ``read_binary_files``; every
+    other input goes in as its (id, uri) and is read or fetched by the actors."""
+    import ray.data
+
+    folders = [f for f in args.inputs if args.patterns is None and os.path.isdir(f)]
+    prefixes = tuple(os.path.join(f, "") for f in folders)
+    rest = [i for i in items if not i.id.startswith(prefixes)] if prefixes else list(items)
+    parts = [
+        ray.data.read_binary_files(
+            os.path.abspath(folder), include_paths=True, file_extensions=list(IMAGE_EXTENSIONS)
+        ).map_batches(
+            folder_records,  # type: ignore[arg-type]  # extra keyword arguments via fn_kwargs
+            fn_kwargs={"folder": folder, "root": os.path.abspath(folder)},
+            batch_format="pyarrow",
+        )
+        for folder in folders
+    ]
+    if rest:
+        # local paths are read by workers whose working directory is not ours: pass them absolute
+        records = [
+            {"id": i.id, "uri": i.uri, "is_url": i.is_url, "read": _absolute(i),
+             "has_data": False, "data": b""}
+            for i in rest
+        ]  # fmt: skip
+        table = pa.Table.from_pylist(records, INPUT_SCHEMA)
+        step = max(1, args.batch_size)  # one block per batch: the actor pool gets them all
+        parts.append(
+            ray.data.from_arrow([table.slice(i, step) for i in range(0, len(table), step)])
+        )
+    if not parts:
+        return None
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def folder_records(batch: pa.Table, folder: str, root: str) -> pa.Table:
+    """``read_binary_files`` rows -> input rows with the ids ``batch.sources`` gives them
+    (``root``: the folder made absolute on the driver; workers run elsewhere)."""
+    records = []
+    paths, blobs = batch.column("path").to_pylist(), batch.column("bytes").to_pylist()
+    for path, data in zip(paths, blobs, strict=True):
+        absolute = path if os.path.isabs(path) else os.path.join(os.sep, path)
+        item_id = os.path.join(folder, os.path.relpath(absolute, root))
+        records.append(
+            {"id": item_id, "uri": item_id, "is_url": False, "read": absolute,
+             "has_data": True, "data": data}
+        )  # fmt: skip
+    return pa.Table.from_pylist(records, INPUT_SCHEMA)
+
+
+def reconcile(
+    run_dir: str,
+    items: Sequence[Item],
+    rows: list[Row],
+    earlier: list[Row],
+    model: ModelInfo,
+    options: Options,
+) -> list[Row]:
+    """Error rows for inputs that came back from nowhere (gone from their folder mid-run, say):
+    every input has a row, this run's or an earlier one's, never silently none."""
+    seen = {row.id for row in rows} | {row.id for row in earlier}
+    missing = [
+        Row(
+            id=i.id,
+            path=None if i.scheme else i.uri,
+            uri=i.uri if i.scheme else None,
+            model=model,
+            options=options,
+            status="error",
+            error=ErrorInfo(code="not_processed", detail="no row came back for this input"),
+        )  # fmt: skip
+        for i in items
+        if i.id not in seen
+    ]
+    if missing:
+        fs, path = storage.filesystem(storage.join(run_dir, "reconciled.parquet"))
+        table = pa.Table.from_pylist([row_record(r) for r in missing], SCHEMA)
+        pq.write_table(table, path, filesystem=fs)
+    return missing
 
 
 def _absolute(item: Item) -> str:

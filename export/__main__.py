@@ -1,15 +1,16 @@
-"""``python -m export``: training run -> checked model bundle (see ``export.bundle``)."""
+"""``python -m export``: training run(s) -> checked model bundle (see ``export.bundle``)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from service.manifest import BundleError
+from service.model import ProviderUnavailable
 
 from .bundle import BundleExistsError, ExportOptions, record_metrics, write_bundle
 from .onnx_export import DEFAULT_OPSET, ExportError
@@ -22,8 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export",
         description=(
-            "Export a training run (Keras encoder + merge LSTM decoder) to an ONNX model bundle: "
-            "manifest.json, encoder.onnx, decoder.onnx, vocab.json, decoder.keras.weights.h5. "
+            "Export a training run (Keras encoder + merge or attention decoder), or several runs "
+            "as one ensemble, to an ONNX model bundle: manifest.json, encoder.onnx, decoder.onnx, "
+            "vocab.json, decoder.keras.weights.h5. "
             "The export checks ONNX Runtime against Keras on real images and fails (writing "
             "nothing) when they disagree."
         ),
@@ -35,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         required=True,
-        help="training run folder (config.json, ...); several merge runs export one ensemble "
-        "decoder averaging their probabilities (export.ensemble)",
+        help="training run folder (config.json, ...); several runs (all merge or all attention "
+        "decoders) export one ensemble decoder averaging their probabilities (export.ensemble)",
     )
     arg("--out", type=Path, required=True, help="bundle folder to create, e.g. models/default")
     arg("--name", help="model name in the manifest (default: the --out folder name)")
@@ -126,31 +128,24 @@ def evaluate(
     *,
     int8: bool = False,
 ) -> dict[str, Any]:
-    """Score ``bundle`` (its int8 encoder with ``int8``) on the test split with
-    ``training.evaluate``; return its summary.
+    """Score ``bundle`` (its int8 encoder with ``int8``) on the test split; keep its captions
+    and summary in ``out`` when given; return the manifest's record of it.
 
-    Kept for the manifest: split, metrics, BLEU-4 bootstrap interval, counts and settings
-    (machine-specific paths and timings dropped).
+    The record holds split, metrics, BLEU-4 bootstrap interval, counts and settings, without
+    the machine-specific data folder and timings, so it describes the bundle, not the machine.
     """
-    from training import evaluate as evaluation
+    from training.evaluate import EvalOptions
+    from training.evaluate import evaluate as evaluate_bundle
 
-    with tempfile.TemporaryDirectory() as scratch:
-        tmp = str(out) if out is not None else scratch
-        argv = ["--bundle", str(bundle), "--split", "test", "--beam-size", str(beam_size)]
-        argv += ["--out", tmp, "--data-dir", str(data_dir)]
-        if limit is not None:
-            argv += ["--limit", str(limit)]
-        if int8:
-            argv += ["--int8"]
-        code = evaluation.main(argv)
-        if code != 0:
-            raise RuntimeError(f"evaluation failed with exit code {code}")
-        summary: dict[str, Any] = json.loads((Path(tmp) / "summary.json").read_text())
-    settings = {k: v for k, v in summary.get("settings", {}).items() if k != "data_dir"}
-    kept: dict[str, Any] = {
-        k: summary[k] for k in ("split", "metrics", "bleu_4_ci", "counts") if k in summary
-    }
-    return {**kept, "settings": settings}
+    options = EvalOptions(
+        bundle=bundle, data_dir=data_dir, beam_size=beam_size, limit=limit, int8=int8
+    )
+    result = evaluate_bundle(options)
+    if out is not None:
+        result.write(out)
+    summary = result.summary()  # the JSON form summary.json holds
+    del summary["settings"]["data_dir"]
+    return {k: summary[k] for k in ("split", "metrics", "bleu_4_ci", "counts", "settings")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,16 +183,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info("wrote bundle %s", bundle)
     if args.evaluate:
-        summary = evaluate(bundle, data_dir, args.eval_beam_size, args.eval_limit, args.eval_out)
-        record_metrics(bundle, {"test": summary})
-        log.info("test metrics: %s", summary.get("metrics", summary))
-        if options.quantize:
+        evaluations = {"test": (args.eval_out, False)}
+        if options.quantize:  # the int8 encoder too
             int8_out = None if args.eval_out is None else args.eval_out / "int8"
-            int8_summary = evaluate(
-                bundle, data_dir, args.eval_beam_size, args.eval_limit, int8_out, int8=True
-            )
-            record_metrics(bundle, {"test_int8": int8_summary})
-            log.info("test metrics, int8 encoder: %s", int8_summary.get("metrics"))
+            evaluations["test_int8"] = (int8_out, True)
+        for key, (eval_out, int8) in evaluations.items():
+            try:
+                record = evaluate(
+                    bundle, data_dir, args.eval_beam_size, args.eval_limit, eval_out, int8=int8
+                )
+            except (BundleError, ProviderUnavailable, FileNotFoundError, ValueError) as exc:
+                print(f"error: evaluation ({key}) failed: {exc}", file=sys.stderr)
+                return 1
+            record_metrics(bundle, {key: record})
+            log.info("%s metrics: %s", key, record["metrics"])
     return 0
 
 

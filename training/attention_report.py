@@ -1,4 +1,4 @@
-"""Figures and serving cost for the attention decoder (model card, issue 8); ONNX Runtime only.
+"""Figures and serving cost for the attention decoder (model card); ONNX Runtime only.
 
     python -m training.attention_report figures --bundle models/default --out docs
     python -m training.attention_report bench --bundle models/default models/merge
@@ -94,7 +94,7 @@ def attention_figure(
     fig.tight_layout()
     fig.savefig(out, dpi=72)
     plt.close(fig)
-    with Image.open(out) as drawn:  # 256-colour palette: a third of the size, same look
+    with Image.open(out) as drawn:  # 256-colour palette: smaller file, same look
         drawn.convert("RGB").quantize(colors=256).save(out, optimize=True)
     return out
 

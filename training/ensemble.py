@@ -1,7 +1,8 @@
-"""An ensemble of merge step decoders as ONE step model (one ONNX graph for serving).
+"""An ensemble of step decoders as ONE step model (one ONNX graph for serving).
 
-Members share the vocabulary and the image features (the same encoder); each keeps its own LSTM
-state. The ensemble's states are the members' states concatenated on the last axis, so it has
+Merge decoders (``training.model``, ``build_ensemble_step_model``): the members share the
+vocabulary and the image features (the same encoder); each keeps its own LSTM state. The
+ensemble's states are the members' states concatenated on the last axis, so it has
 the ordinary step interface (``service.manifest.DecoderSpec``) with a larger ``hidden_size``::
 
     token (B,), h (B, sum U_i), c (B, sum U_i), image_features (B, D)

@@ -4,7 +4,10 @@
 
 Each image goes through the bundle's own preprocessing (``service.imaging``), its ONNX encoder
 and step decoder (``service.model.CaptionModel``) in batches; the captions are scored against
-the cleaned references (``training.data``) with ``training.scoring``. Writes:
+the cleaned references (``training.data``) with ``training.scoring``.
+
+``evaluate(EvalOptions(...))`` returns an ``Evaluation`` (export records it in the manifest);
+``Evaluation.write(DIR)``, which the command line calls, writes:
 
 * ``DIR/captions.jsonl``: one ``{"image", "caption", "score", "references"}`` per line;
 * ``DIR/summary.json``: metrics, a bootstrap 95% interval on BLEU-4, settings, counts, timing.
@@ -20,6 +23,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +31,145 @@ import numpy as np
 from tqdm import tqdm
 
 from service.manifest import BundleError
-from service.model import CaptionModel, ProviderUnavailable
+from service.model import CaptionModel, Provider, ProviderUnavailable
 from training.data import image_dir, load_captions, load_split, train_val_split
 from training.paths import REPO_ROOT, default_data_dir
 from training.scoring import (
     METRIC_KEYS,
     CaptionScorer,
+    Interval,
     bootstrap_ci,
     paired_bootstrap,
     tokenize_pair,
 )
+
+CI_KEYS = ("low", "high", "confidence", "samples")  # the Interval fields summary.json keeps
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to evaluate and how; the CLI flags of ``python -m training evaluate`` but ``--out``."""
+
+    bundle: Path  # bundle folder (manifest.json, encoder.onnx, decoder.onnx, vocab.json)
+    split: str = "test"  # "test" (official list) or "val" (the tail training holds out)
+    data_dir: Path | None = None  # Flickr8k folder; None: training.paths.default_data_dir
+    val_size: int = 500  # validation images training held out; must match the run
+    beam_size: int = 3  # 1 = greedy
+    length_penalty: float = 0.7  # alpha in logprob / length**alpha, ranks the beams
+    limit: int | None = None  # only the first N images of the split
+    batch_size: int = 32  # images encoded and decoded together
+    provider: Provider = "auto"  # ONNX Runtime execution provider: "auto", "cpu" or "cuda"
+    threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
+    int8: bool = False  # use the bundle's int8 encoder
+    bootstrap: int = 1000  # resamples for the BLEU-4 interval; 0: no interval
+    compare: Path | None = None  # captions.jsonl of an earlier run on the same images
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    path: str
+    name: str
+    version: str
+    encoder: str
+    decoder: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings a result was produced with (``summary.json``'s ``settings``)."""
+
+    beam_size: int
+    length_penalty: float
+    max_steps: int
+    batch_size: int
+    provider: str  # the execution provider the session actually got
+    int8: bool
+    threads: int
+    limit: int | None
+    val_size: int | None  # None on the test split
+    data_dir: str
+
+
+@dataclass(frozen=True)
+class Counts:
+    images: int
+    references: int
+    empty_captions: int
+    distinct_captions: int
+    vocabulary_used: int
+    mean_caption_words: float
+
+
+@dataclass(frozen=True)
+class Timing:
+    load_s: float
+    caption_s: float
+    images_per_s: float
+    scoring_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Paired bootstrap of this run's BLEU-4 against an earlier run's captions."""
+
+    against: str  # the earlier run's captions.jsonl
+    metric: str
+    this: float
+    other: float
+    difference: float  # this - other on the full set
+    low: float
+    high: float
+    this_better: float  # share of resamples in which this run scores higher
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Captioned:
+    """One line of ``captions.jsonl``."""
+
+    image: str
+    caption: str
+    score: float
+    references: list[str]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A bundle's captions on a split and their scores."""
+
+    bundle: BundleInfo
+    split: str
+    metrics: dict[str, float]  # METRIC_KEYS -> value
+    bleu_4_ci: Interval | None  # None with bootstrap=0
+    comparison: Comparison | None  # None without compare
+    settings: Settings
+    counts: Counts
+    timing: Timing
+    captions: list[Captioned]
+
+    def summary(self) -> dict[str, Any]:
+        """The contents of ``summary.json``."""
+        ci = self.bleu_4_ci
+        interval = None if ci is None else {k: getattr(ci, k) for k in CI_KEYS}
+        return {
+            "bundle": asdict(self.bundle),
+            "split": self.split,
+            "metrics": dict(self.metrics),
+            "bleu_4_ci": interval,
+            "comparison": None if self.comparison is None else asdict(self.comparison),
+            "settings": asdict(self.settings),
+            "counts": asdict(self.counts),
+            "timing": asdict(self.timing),
+        }
+
+    def write(self, out: Path) -> None:
+        """Write ``captions.jsonl`` and ``summary.json`` into ``out`` (created if needed)."""
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "captions.jsonl").open("w") as handle:
+            for row in self.captions:
+                handle.write(json.dumps(asdict(row)) + "\n")
+        (out / "summary.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +304,7 @@ def caption_images(
 
 def compare(
     path: Path | None, references: dict[str, list[str]], hyps: dict[str, list[str]], samples: int
-) -> dict[str, Any] | None:
+) -> Comparison | None:
     """Paired bootstrap of this run's BLEU-4 against an earlier run's captions.jsonl."""
     if path is None:
         return None
@@ -183,17 +316,17 @@ def compare(
         )
     refs, other_tokens = tokenize_pair(references, other)
     result = paired_bootstrap(refs, other_tokens, hyps, samples=samples)
-    return {
-        "against": str(path),
-        "metric": result.metric,
-        "this": result.b,
-        "other": result.a,
-        "difference": result.difference,
-        "low": result.low,
-        "high": result.high,
-        "this_better": result.b_better,
-        "confidence": result.confidence,
-    }
+    return Comparison(
+        against=str(path),
+        metric=result.metric,
+        this=result.b,
+        other=result.a,
+        difference=result.difference,
+        low=result.low,
+        high=result.high,
+        this_better=result.b_better,
+        confidence=result.confidence,
+    )
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -211,29 +344,32 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--bootstrap must be >= 0")
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Caption and score; write captions.jsonl and summary.json; return the summary."""
+def evaluate(options: EvalOptions) -> Evaluation:
+    """Caption the split with the bundle and score the captions; writes nothing."""
     started = time.perf_counter()
-    data_dir = default_data_dir(args.data_dir)
+    data_dir = default_data_dir(options.data_dir)
     references = load_captions(data_dir)
-    names = [n for n in split_images(data_dir, args.split, args.val_size) if n in references]
-    if args.limit is not None:
-        names = names[: args.limit]
+    names = [n for n in split_images(data_dir, options.split, options.val_size) if n in references]
+    if options.limit is not None:
+        names = names[: options.limit]
     if not names:
-        raise ValueError(f"no images with captions in split {args.split!r} under {data_dir}")
+        raise ValueError(f"no images with captions in split {options.split!r} under {data_dir}")
 
     model = CaptionModel.load(
-        args.bundle, provider=args.provider, intra_op_threads=args.threads, use_int8=args.int8
+        options.bundle,
+        provider=options.provider,
+        intra_op_threads=options.threads,
+        use_int8=options.int8,
     )
-    model.warm_up([min(args.batch_size, len(names))])
+    model.warm_up([min(options.batch_size, len(names))])
     loaded = time.perf_counter()
     captions = caption_images(
         model,
         image_dir(data_dir),
         names,
-        beam_size=args.beam_size,
-        length_penalty=args.length_penalty,
-        batch_size=args.batch_size,
+        beam_size=options.beam_size,
+        length_penalty=options.length_penalty,
+        batch_size=options.batch_size,
     )
     captioned = time.perf_counter()
 
@@ -241,91 +377,82 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     refs, hyps = tokenize_pair(references, hypotheses)
     with CaptionScorer() as scorer:
         metrics = scorer.score_tokenized(refs, hyps)
-    interval = bootstrap_ci(refs, hyps, samples=args.bootstrap) if args.bootstrap else None
-    comparison = compare(args.compare, references, hyps, samples=args.bootstrap or 1000)
+    samples = options.bootstrap
+    interval = bootstrap_ci(refs, hyps, samples=samples) if samples else None
+    comparison = compare(options.compare, references, hyps, samples=samples or 1000)
     scored = time.perf_counter()
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "captions.jsonl").open("w") as handle:
-        for name, (text, score) in zip(names, captions, strict=True):
-            row = {"image": name, "caption": text, "score": score, "references": references[name]}
-            handle.write(json.dumps(row) + "\n")
-
     texts = [text for text, _ in captions]
-    summary: dict[str, Any] = {
-        "bundle": {
-            "path": str(Path(args.bundle).resolve()),
-            "name": model.manifest.name,
-            "version": model.manifest.version,
-            "encoder": model.manifest.encoder.name,
-            "decoder": model.manifest.decoder.architecture,
-        },
-        "split": args.split,
-        "metrics": {key: metrics[key] for key in METRIC_KEYS},
-        "bleu_4_ci": None
-        if interval is None
-        else {
-            "low": interval.low,
-            "high": interval.high,
-            "confidence": interval.confidence,
-            "samples": interval.samples,
-        },
-        "comparison": comparison,
-        "settings": {
-            "beam_size": args.beam_size,
-            "length_penalty": args.length_penalty,
-            "max_steps": model.max_steps,
-            "batch_size": args.batch_size,
-            "provider": model.provider,
-            "int8": args.int8,
-            "threads": args.threads,
-            "limit": args.limit,
-            "val_size": args.val_size if args.split == "val" else None,
-            "data_dir": str(data_dir),
-        },
-        "counts": {
-            "images": len(names),
-            "references": sum(len(references[n]) for n in names),
-            "empty_captions": sum(1 for t in texts if not t),
-            "distinct_captions": len(set(texts)),
-            "vocabulary_used": len({w for t in texts for w in t.split()}),
-            "mean_caption_words": float(np.mean([len(t.split()) for t in texts])),
-        },
-        "timing": {
-            "load_s": round(loaded - started, 3),
-            "caption_s": round(captioned - loaded, 3),
-            "images_per_s": round(len(names) / max(captioned - loaded, 1e-9), 2),
-            "scoring_s": round(scored - captioned, 3),
-            "total_s": round(time.perf_counter() - started, 3),
-        },
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    manifest = model.manifest
+    return Evaluation(
+        bundle=BundleInfo(
+            path=str(Path(options.bundle).resolve()),
+            name=manifest.name,
+            version=manifest.version,
+            encoder=manifest.encoder.name,
+            decoder=manifest.decoder.architecture,
+        ),
+        split=options.split,
+        metrics={key: metrics[key] for key in METRIC_KEYS},
+        bleu_4_ci=interval,
+        comparison=comparison,
+        settings=Settings(
+            beam_size=options.beam_size,
+            length_penalty=options.length_penalty,
+            max_steps=model.max_steps,
+            batch_size=options.batch_size,
+            provider=model.provider,
+            int8=options.int8,
+            threads=options.threads,
+            limit=options.limit,
+            val_size=options.val_size if options.split == "val" else None,
+            data_dir=str(data_dir),
+        ),
+        counts=Counts(
+            images=len(names),
+            references=sum(len(references[n]) for n in names),
+            empty_captions=sum(1 for t in texts if not t),
+            distinct_captions=len(set(texts)),
+            vocabulary_used=len({w for t in texts for w in t.split()}),
+            mean_caption_words=float(np.mean([len(t.split()) for t in texts])),
+        ),
+        timing=Timing(
+            load_s=round(loaded - started, 3),
+            caption_s=round(captioned - loaded, 3),
+            images_per_s=round(len(names) / max(captioned - loaded, 1e-9), 2),
+            scoring_s=round(scored - captioned, 3),
+            total_s=round(time.perf_counter() - started, 3),
+        ),
+        captions=[
+            Captioned(image=name, caption=text, score=score, references=references[name])
+            for name, (text, score) in zip(names, captions, strict=True)
+        ],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check(parser, args)
+    options = EvalOptions(**{f.name: getattr(args, f.name) for f in fields(EvalOptions)})
     try:
-        summary = evaluate(args)
+        result = evaluate(options)
+        result.write(args.out)
     except (BundleError, ProviderUnavailable, FileNotFoundError, ValueError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 1
-    metrics = summary["metrics"]
-    ci = summary["bleu_4_ci"]
-    interval = f" [{ci['low']:.4f}, {ci['high']:.4f}]" if ci else ""
+    metrics, ci = result.metrics, result.bleu_4_ci
+    interval = f" [{ci.low:.4f}, {ci.high:.4f}]" if ci else ""
     print(
-        f"{summary['counts']['images']} images, {args.split}, beam {args.beam_size}: "
+        f"{result.counts.images} images, {args.split}, beam {args.beam_size}: "
         f"BLEU-4 {metrics['bleu_4']:.4f}{interval} METEOR {metrics['meteor']:.4f} "
         f"ROUGE-L {metrics['rouge_l']:.4f} CIDEr {metrics['cider']:.4f} -> {args.out}"
     )
-    if summary["comparison"]:
-        c = summary["comparison"]
+    if result.comparison:
+        c = result.comparison
         print(
-            f"BLEU-4 minus {c['against']}: {c['difference']:+.4f} "
-            f"[{c['low']:+.4f}, {c['high']:+.4f}], better in {c['this_better']:.0%} of resamples"
+            f"BLEU-4 minus {c.against}: {c.difference:+.4f} "
+            f"[{c.low:+.4f}, {c.high:+.4f}], better in {c.this_better:.0%} of resamples"
         )
     return 0
 

@@ -32,7 +32,7 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: Path, palette: bool = False) -> Path:
-    """Write ``fig`` as a PNG atomically; ``palette``: 256 colours (photos: ~4x smaller)."""
+    """Write ``fig`` as a PNG atomically; ``palette``: 256 colours (much smaller for photos)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=80)

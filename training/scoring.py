@@ -6,7 +6,7 @@
   lower-cased text with punctuation removed, as the COCO caption leaderboard computes them
   (SPICE is left out: it downloads Stanford CoreNLP models at run time);
 * ``nltk_bleu_1`` .. ``nltk_bleu_4``: NLTK ``corpus_bleu`` on the same tokens, unsmoothed, the
-  number most Keras captioning tutorials report (it agrees with ``bleu_4`` within ~0.001).
+  number most Keras captioning tutorials report (close to ``bleu_4``, not identical).
 
 The PTB tokeniser and METEOR are Java programs shipped inside pycocoevalcap; Java must be on the
 PATH. The tokeniser is fed through stdin here (pycocoevalcap's own wrapper writes a temporary file

@@ -1,16 +1,20 @@
-"""Train the merge caption decoder on cached image features: ``python -m training train``.
+"""Train a caption decoder on cached image features: ``python -m training train``.
 
-Reads top to bottom: config -> data and vocabulary -> pooled image features (cached by
+``--decoder merge`` trains the merge decoder (``training.model``) on the pooled image vector,
+``--decoder attention`` the attention decoder (``training.attention``) on the encoder's grid; the
+shipped default model averages two attention runs (``python -m export --run-dir A B``).
+
+Reads top to bottom: config -> data and vocabulary -> image features (cached by
 ``training.features``) -> tf.data pipeline (one example per caption, teacher forcing: input
 ``tokens[:-1]``, target ``tokens[1:]``, padded positions weighted 0) -> model + Adam ->
 ``fit`` with ``RunKeeper``, which after every epoch keeps the best weights by validation
 cross-entropy, adjusts the learning rate, stops early and writes a checkpoint.
 
 Resuming: every epoch ends with an atomic checkpoint ``checkpoints/epoch-NNNN/`` (model and
-optimizer state, dropout RNG state, best weights so far, early-stopping / schedule state,
-history). The shuffle order of epoch ``e`` is a pure function of ``(seed, e)``, so ``--resume``
-after a crash (even SIGKILL mid-epoch) replays the interrupted epoch on the same examples in the
-same order, with the same dropout masks.
+optimizer state, dropout RNG state, best weights so far, and the ``RunState``: early-stopping
+and schedule counters, history). The shuffle order of epoch ``e`` is a pure function of
+``(seed, e)``, so ``--resume`` after a crash (even SIGKILL mid-epoch) replays the interrupted
+epoch on the same examples in the same order, with the same dropout masks.
 
 Scaling out: ``--distribute mirrored`` trains under ``tf.distribute.MirroredStrategy`` (all
 local GPUs; ``batch_size`` is the global batch). For a cluster, the same code runs under
@@ -27,7 +31,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,9 @@ log = logging.getLogger("training.train")
 HISTORY_FILE = "history.json"
 CURVES_FILE = "loss_curves.png"
 CHECKPOINTS = "checkpoints"
+STATE_FILE = "state.json"  # written last into a checkpoint: its presence marks it complete
+MIN_DELTA = 1e-4  # a validation gain smaller than this counts as no improvement
+MIN_LR = 1e-6  # the plateau schedule never cuts the learning rate below this
 
 
 @dataclass
@@ -248,11 +255,80 @@ def token_ce(y_true: Any, y_pred: Any) -> Any:
     return _token_losses(y_true, y_pred, 0.0)
 
 
+# ----------------------------------------------------------------------------------- run state
+
+
+@dataclass
+class Epoch:
+    """One finished epoch: a row of ``history.json``'s ``epochs``."""
+
+    epoch: int  # counted from 1
+    lr: float  # learning rate the epoch trained with
+    loss: float  # training loss (label-smoothed when label_smoothing > 0)
+    ce: float  # training cross-entropy per token, unsmoothed
+    val_loss: float
+    val_ce: float  # what early stopping, the schedule and the best weights go by
+    seconds: float  # wall time of the epoch
+
+
+@dataclass
+class RunState:
+    """Where a run stands after its last finished epoch; a checkpoint's ``state.json``.
+
+    The dropout RNG state is not here: it lives in the model's variables (``rng.npz``).
+    """
+
+    epoch: int = 0  # epochs finished; the next one to train is epoch + 1
+    best_val_ce: float = math.inf  # lowest validation cross-entropy so far
+    best_epoch: int = 0  # the epoch that reached it (0: none yet)
+    wait: int = 0  # epochs since the last improvement (early stopping)
+    lr_wait: int = 0  # epochs since the last improvement or learning-rate cut (plateau)
+    lr: float = 1e-3  # learning rate of the next epoch
+    stopped: bool = False  # early stopping ended the run
+    history: list[Epoch] = field(default_factory=list)  # every finished epoch, in order
+
+    def finish_epoch(self, row: Epoch, cfg: TrainConfig) -> bool:
+        """Record ``row`` and update the counters; True when it is the best epoch so far.
+        The caller applies the learning rate this leaves in ``lr``."""
+        self.history.append(row)
+        self.epoch = row.epoch
+        self.lr = row.lr
+        improved = row.val_ce < self.best_val_ce - MIN_DELTA
+        if improved:
+            self.best_val_ce, self.best_epoch, self.wait, self.lr_wait = row.val_ce, row.epoch, 0, 0
+        else:
+            self.wait += 1
+            self.lr_wait += 1
+            if cfg.lr_schedule == "plateau" and self.lr_wait >= cfg.lr_patience:
+                self.lr = max(row.lr * cfg.lr_factor, MIN_LR)
+                self.lr_wait = 0
+        self.stopped = self.wait >= cfg.patience
+        return improved
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> RunState:
+        """Read a ``state.json``; every checkpoint written so far has this layout."""
+        history = [Epoch(**row) for row in saved.get("history", [])]
+        return cls(**{**saved, "history": history})
+
+    def history_json(self) -> dict[str, Any]:
+        """The contents of ``history.json``."""
+        return {
+            "epochs": [asdict(row) for row in self.history],
+            "best_epoch": self.best_epoch,
+            "best_val_ce": self.best_val_ce,
+            "stopped_early": self.stopped,
+        }
+
+
 # ----------------------------------------------------------------------------------- checkpoints
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    done = sorted((run_dir / CHECKPOINTS).glob("epoch-[0-9][0-9][0-9][0-9]/state.json"))
+    done = sorted((run_dir / CHECKPOINTS).glob(f"epoch-[0-9][0-9][0-9][0-9]/{STATE_FILE}"))
     return done[-1].parent if done else None
 
 
@@ -266,7 +342,7 @@ class RunKeeper(keras.callbacks.Callback):  # type: ignore[misc]
     """End of every epoch: record history, keep the best weights, adjust the learning rate,
     decide early stopping, then write an atomic checkpoint (``checkpoints/epoch-NNNN``)."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, state: dict[str, Any]) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, state: RunState) -> None:
         super().__init__()
         self.cfg, self.run_dir, self.state = cfg, run_dir, state
         self._started = time.monotonic()
@@ -275,38 +351,34 @@ class RunKeeper(keras.callbacks.Callback):  # type: ignore[misc]
         self._started = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        logs, state, cfg = logs or {}, self.state, self.cfg
+        logs = logs or {}
         optimizer = self.model.optimizer
-        row = {"epoch": epoch + 1, "lr": float(keras.ops.convert_to_numpy(optimizer.learning_rate))}
-        row.update(
-            {k: float(v) for k, v in logs.items() if k in ("loss", "ce", "val_loss", "val_ce")}
+        row = Epoch(
+            epoch=epoch + 1,
+            lr=float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+            loss=float(logs["loss"]),
+            ce=float(logs["ce"]),
+            val_loss=float(logs["val_loss"]),
+            val_ce=float(logs["val_ce"]),
+            seconds=round(time.monotonic() - self._started, 2),
         )
-        row["seconds"] = round(time.monotonic() - self._started, 2)
-        state["history"].append(row)
-
-        if row["val_ce"] < state["best_val_ce"] - 1e-4:
-            state.update(best_val_ce=row["val_ce"], best_epoch=epoch + 1, wait=0, lr_wait=0)
+        if self.state.finish_epoch(row, self.cfg):
             tmp = self.run_dir / f".{BEST_WEIGHTS_FILE}.tmp.weights.h5"
             self.model.save_weights(tmp)
             os.replace(tmp, self.run_dir / BEST_WEIGHTS_FILE)
-        else:
-            state["wait"] += 1
-            state["lr_wait"] += 1
-            if cfg.lr_schedule == "plateau" and state["lr_wait"] >= cfg.lr_patience:
-                optimizer.learning_rate = max(row["lr"] * cfg.lr_factor, 1e-6)
-                state["lr_wait"] = 0
-        if state["wait"] >= cfg.patience:
-            state["stopped"] = True
+        if self.state.lr != row.lr:  # the plateau schedule cut it
+            optimizer.learning_rate = self.state.lr
+            self.state.lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))  # float32
+        if self.state.stopped:
             self.model.stop_training = True
-        state["epoch"] = epoch + 1
-        state["lr"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         self._checkpoint()
-        _write_json(self.run_dir / HISTORY_FILE, history_summary(state))
-        plot_history(state["history"], self.run_dir / CURVES_FILE, cfg.label_smoothing)
+        _write_json(self.run_dir / HISTORY_FILE, self.state.history_json())
+        history = [asdict(e) for e in self.state.history]
+        plot_history(history, self.run_dir / CURVES_FILE, self.cfg.label_smoothing)
 
     def _checkpoint(self) -> None:
         root = self.run_dir / CHECKPOINTS
-        final = root / f"epoch-{self.state['epoch']:04d}"
+        final = root / f"epoch-{self.state.epoch:04d}"
         tmp = root / f".tmp-{final.name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -316,7 +388,7 @@ class RunKeeper(keras.callbacks.Callback):  # type: ignore[misc]
         np.savez(tmp / "rng.npz", *[keras.ops.convert_to_numpy(v) for v in _rng_state(self.model)])
         if (self.run_dir / BEST_WEIGHTS_FILE).exists():
             shutil.copy2(self.run_dir / BEST_WEIGHTS_FILE, tmp / BEST_WEIGHTS_FILE)
-        (tmp / "state.json").write_text(json.dumps(self.state, indent=2))  # last: marks complete
+        (tmp / STATE_FILE).write_text(json.dumps(self.state.to_json(), indent=2))  # last
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in root.glob("epoch-*"):
@@ -329,8 +401,10 @@ def _rng_state(model: keras.Model) -> list[Any]:
     return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
-def restore_checkpoint(ckpt: Path, run_dir: Path, model: keras.Model) -> dict[str, Any]:
-    state: dict[str, Any] = json.loads((ckpt / "state.json").read_text())
+def restore_checkpoint(ckpt: Path, run_dir: Path, model: keras.Model) -> RunState:
+    """Load ``ckpt`` into ``model`` (weights, optimizer, dropout RNG) and ``run_dir`` (best
+    weights); return its run state."""
+    state = RunState.from_json(json.loads((ckpt / STATE_FILE).read_text()))
     model.load_weights(ckpt / "model.weights.h5")
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
@@ -347,15 +421,6 @@ def restore_checkpoint(ckpt: Path, run_dir: Path, model: keras.Model) -> dict[st
     if (ckpt / BEST_WEIGHTS_FILE).exists():
         shutil.copy2(ckpt / BEST_WEIGHTS_FILE, run_dir / BEST_WEIGHTS_FILE)
     return state
-
-
-def history_summary(state: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "epochs": state["history"],
-        "best_epoch": state["best_epoch"],
-        "best_val_ce": state["best_val_ce"],
-        "stopped_early": state["stopped"],
-    }
 
 
 # ----------------------------------------------------------------------------------- main
@@ -445,34 +510,25 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Pat
                 loss=MaskedCrossEntropy(cfg.label_smoothing),
                 weighted_metrics=[keras.metrics.MeanMetricWrapper(token_ce, name="ce")],
             )
-            state: dict[str, Any] = {
-                "epoch": 0,
-                "best_val_ce": math.inf,
-                "best_epoch": 0,
-                "wait": 0,
-                "lr_wait": 0,
-                "lr": cfg.lr,
-                "stopped": False,
-                "history": [],
-            }
+            state = RunState(lr=cfg.lr)
             ckpt = latest_checkpoint(run_dir) if resume else None
             if ckpt is not None:
                 state = restore_checkpoint(ckpt, run_dir, model)
                 if cfg.lr_schedule != "cosine":
-                    model.optimizer.learning_rate = state["lr"]
-                log.info("resuming from epoch %d (checkpoint %s)", state["epoch"], ckpt.name)
+                    model.optimizer.learning_rate = state.lr
+                log.info("resuming from epoch %d (checkpoint %s)", state.epoch, ckpt.name)
             elif resume:
                 log.info("resume: no complete checkpoint yet, starting at epoch 0")
 
-        if state["stopped"] or state["epoch"] >= cfg.epochs:
-            log.info("run already finished (epoch %d)", state["epoch"])
+        if state.stopped or state.epoch >= cfg.epochs:
+            log.info("run already finished (epoch %d)", state.epoch)
             return run_dir
-        epochs = range(state["epoch"], cfg.epochs)
+        epochs = range(state.epoch, cfg.epochs)
         model.fit(
             make_dataset(data.features, data.train, cfg.batch_size, epochs, cfg.seed),
             validation_data=make_dataset(data.features, data.val, cfg.batch_size, range(1), None),
             epochs=cfg.epochs,
-            initial_epoch=state["epoch"],
+            initial_epoch=state.epoch,
             steps_per_epoch=steps,
             callbacks=[RunKeeper(cfg, run_dir, state)],
             shuffle=False,  # the dataset is already shuffled per epoch
@@ -480,5 +536,5 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Pat
         )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    log.info("best epoch %d, val CE %.4f", state["best_epoch"], state["best_val_ce"])
+    log.info("best epoch %d, val CE %.4f", state.best_epoch, state.best_val_ce)
     return run_dir

@@ -114,3 +114,44 @@ def test_a_new_run_never_overwrites_an_earlier_runs_shards(
     assert {p: p.read_bytes() for p in shards} == shards  # the earlier run is untouched
     assert len(merge_runs(out)) == 10
     shutil.rmtree(out)
+
+
+def test_a_folder_is_read_by_ray_and_gives_the_local_jobs_rows(
+    cluster: None, flickr8k_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    sources = sorted((flickr8k_dir / "images").glob("*.jpg"))[:12]
+    for i, image in enumerate(sources):
+        shutil.copy(image, folder / ("sub" if i % 3 else ".") / f"{i:02d}.JPG")
+    (folder / "broken.jpg").write_bytes(sources[0].read_bytes()[:500])
+    (folder / "notes.txt").write_text("not an image, not matched by the default patterns")
+    os.chdir(tmp_path)  # ids are the folder as given joined with the path below it
+    assert caption("photos", "--out", "ray-out", "--engine", "ray", "--actors", "1:2") == 0
+    assert caption("photos", "--out", "local.jsonl") == 0
+    local = by_id(
+        [Row.from_dict(json.loads(line)) for line in Path("local.jsonl").read_text().splitlines()]
+    )
+    merged = by_id(merge_runs("ray-out"))
+    assert merged.keys() == local.keys() and len(local) == 13
+    assert {k: (r.status, r.caption, r.error) for k, r in merged.items()} == {
+        k: (r.status, r.caption, r.error) for k, r in local.items()
+    }
+    broken = merged[os.path.join("photos", "broken.jpg")]
+    assert broken.error is not None and broken.error["code"] == "invalid_image"
+
+
+def test_inputs_without_a_row_get_one(tmp_path: Path) -> None:
+    from batch.ray_job import read_run_rows, reconcile
+    from batch.sources import make_item
+
+    model = {"name": "m", "version": "1"}
+    options = {"beam_size": 1, "max_length": 5, "num_captions": 1}
+    answered = Row(id="a.jpg", path="a.jpg", model=model, options=options, status="ok", caption="x")  # type: ignore[arg-type]
+    items = [make_item("a.jpg"), make_item("b.jpg"), make_item("https://h/c.jpg")]
+    added = reconcile(str(tmp_path), items, [answered], [], model, options)  # type: ignore[arg-type]
+    assert [(r.id, r.error["code"] if r.error else None) for r in added] == [
+        ("b.jpg", "not_processed"),
+        ("https://h/c.jpg", "not_processed"),
+    ]
+    assert {r.id for r in read_run_rows(str(tmp_path))} == {"b.jpg", "https://h/c.jpg"}

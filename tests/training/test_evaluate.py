@@ -12,7 +12,7 @@ import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 
 from training.data import load_captions, load_split
-from training.evaluate import build_parser, compare, main, split_images
+from training.evaluate import EvalOptions, build_parser, compare, evaluate, main, split_images
 from training.scoring import (
     METRIC_KEYS,
     CaptionScorer,
@@ -190,6 +190,32 @@ def test_compare_scores_this_run_against_an_earlier_one(
     _, human = tokenize_pair(references, {n: references[n][0] for n in names})
     result = compare(out / "captions.jsonl", references, human, samples=200)
     assert result is not None
-    assert result["difference"] > 0 and result["this_better"] > 0.9
+    assert result.difference > 0 and result.this_better > 0.9
     with pytest.raises(ValueError, match="compare the same images"):
         compare(out / "captions.jsonl", references, {names[0]: human[names[0]]}, samples=10)
+
+
+def test_evaluate_function_returns_what_the_command_writes(
+    evaluation: tuple[Path, dict[str, Any]], tiny_bundle: Path, flickr8k_dir: Path
+) -> None:
+    """``evaluate`` (what export calls) gives the CLI's captions and summary layout, typed."""
+    out, summary = evaluation
+    result = evaluate(
+        EvalOptions(
+            bundle=tiny_bundle,
+            data_dir=flickr8k_dir,
+            beam_size=2,
+            batch_size=3,
+            limit=3,
+            bootstrap=0,
+        )
+    )
+    assert result.bleu_4_ci is None and result.comparison is None
+    assert result.counts.images == 3 and result.settings.beam_size == 2
+    assert set(result.metrics) == set(METRIC_KEYS)
+    rows = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert [c.caption for c in result.captions] == [r["caption"] for r in rows[:3]]
+    written = result.summary()
+    assert list(written) == list(summary)
+    for key in ("bundle", "settings", "counts", "timing"):
+        assert list(written[key]) == list(summary[key]), key

@@ -153,6 +153,66 @@ def test_existing_run_needs_resume_or_force(tiny_run: Path) -> None:
         train(TrainConfig(run_dir=str(tiny_run)))
 
 
+# A checkpoint's state.json as runs have always written it (--resume must keep reading it).
+SAVED_STATE: dict[str, Any] = {
+    "epoch": 2,
+    "best_val_ce": 4.1,
+    "best_epoch": 1,
+    "wait": 1,
+    "lr_wait": 0,
+    "lr": 0.0015,
+    "stopped": False,
+    "history": [
+        {
+            "epoch": 1,
+            "lr": 0.003,
+            "loss": 5.0,
+            "ce": 5.0,
+            "val_loss": 4.1,
+            "val_ce": 4.1,
+            "seconds": 2.5,
+        },
+        {
+            "ce": 4.0,
+            "epoch": 2,
+            "loss": 4.0,
+            "lr": 0.003,
+            "seconds": 2.4,
+            "val_ce": 4.2,
+            "val_loss": 4.2,
+        },
+    ],
+}
+
+
+def test_run_state_reads_and_writes_the_checkpoint_layout() -> None:
+    from training.train import RunState
+
+    state = RunState.from_json(json.loads(json.dumps(SAVED_STATE)))
+    assert (state.epoch, state.best_epoch, state.lr, state.history[1].val_ce) == (2, 1, 0.0015, 4.2)
+    assert json.loads(json.dumps(state.to_json())) == SAVED_STATE
+    summary = state.history_json()
+    assert summary["epochs"] == SAVED_STATE["history"]
+    assert (summary["best_epoch"], summary["stopped_early"]) == (1, False)
+
+
+def test_run_state_cuts_the_rate_on_a_plateau_and_stops_early() -> None:
+    from training.train import Epoch, RunState, TrainConfig
+
+    cfg = TrainConfig(lr_schedule="plateau", lr_patience=1, lr_factor=0.5, patience=2)
+    state = RunState(lr=1e-3)
+
+    def finish(epoch: int, val_ce: float) -> bool:
+        row = Epoch(epoch, state.lr, val_ce, val_ce, val_ce, val_ce, seconds=1.0)
+        return state.finish_epoch(row, cfg)
+
+    assert finish(1, 3.0) and state.best_val_ce == 3.0
+    assert not finish(2, 3.0 - 5e-5)  # a gain below MIN_DELTA is no improvement
+    assert (state.lr, state.wait, state.stopped) == (5e-4, 1, False)
+    assert not finish(3, 3.5)
+    assert (state.lr, state.best_epoch, state.epoch, state.stopped) == (2.5e-4, 1, 3, True)
+
+
 def test_cli_help_documents_every_field() -> None:
     import dataclasses
 
