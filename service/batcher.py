@@ -23,6 +23,9 @@ the caller counts them, once.
 
 It knows nothing of HTTP or ONNX Runtime: the model work (blocking) belongs in ``run_batch``,
 which must hand it to a worker thread.
+
+Kept in one module (about 320 lines): the queue, the flush loop and the futures' settlement
+share one set of invariants (who may complete a future, when a slot is free), read together.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ Conventions:
   has ``num_captions`` finished hypotheses and no live beam can still beat the worst of them
   (log-probabilities only fall, so a beam's best reachable score is bounded exactly), or when
   ``max_length`` is reached, at which point the live beams are closed as they stand.
+
+Kept in one module (about 370 lines): greedy and beam search share the row bookkeeping that lets
+both run in the same model call, and the two must change together.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ file, vocabulary size, the sessions' input and output names against the manifest
 thread spinning off, so idle workers do not burn the cores the HTTP server needs. Plain
 ``session.run`` is used: ``io_binding`` was no faster on CPU, since a decoder step's inputs change
 every step (docs/benchmarks.md).
+
+Kept in one module (about 310 lines): loading validates exactly what running relies on (names,
+shapes, special tokens), so the checks sit next to the code that needs them.
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ Errors (``service.errors``): ``UrlForbidden`` 403 (scheme, credentials, destinat
 ``UrlFetchFailed`` 502 (DNS failure, refused connection, upstream 4xx/5xx, protocol errors, too many
 redirects), ``UrlTimeout`` 504, ``UrlTooLarge`` 413, ``UnsupportedMediaType`` 415, ``BadRequest``
 400 (not a URL at all).
+
+Kept in one module on purpose (about 400 lines): every defence above depends on the others
+(the pinned address, the hop-by-hop checks, the shared deadline), and they are reviewed together.
 """
 
 from __future__ import annotations
