@@ -147,12 +147,15 @@ class EndpointEngine:
         *,
         model_name: str,
         model_version: str,
+        defaults: dict[str, int] | None = None,
         concurrency: int,
         policy: RetryPolicy,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.model_name = model_name
         self.model_version = model_version
+        self.defaults = defaults or {}
+        """The service's default options (``/readyz``): beam_size, max_length, num_captions."""
         self.concurrency = concurrency
         """Requests in flight at most."""
         self._client = client
@@ -188,7 +191,7 @@ class EndpointEngine:
             limits=httpx.Limits(max_connections=concurrency + 1),  # + 1: /readyz
         )
         try:
-            name, version = await _wait_ready(client, policy, sleep, ready_timeout_s)
+            name, version, defaults = await _wait_ready(client, policy, sleep, ready_timeout_s)
         except BaseException:
             await client.aclose()
             raise
@@ -196,6 +199,7 @@ class EndpointEngine:
             client,
             model_name=name,
             model_version=version,
+            defaults=defaults,
             concurrency=concurrency,
             policy=policy,
             sleep=sleep,
@@ -251,8 +255,9 @@ class EndpointEngine:
 
 async def _wait_ready(
     client: httpx.AsyncClient, policy: RetryPolicy, sleep: Sleep, timeout_s: float
-) -> tuple[str, str]:
-    """Poll ``/readyz`` until ready: (model name, version). Not-ready answers are waited out up
+) -> tuple[str, str, dict[str, int]]:
+    """Poll ``/readyz`` until ready: (model name, version, default options). Not-ready answers
+    are waited out up
     to ``timeout_s`` (on the clock and in the delays asked for); transport errors are retried
     ``max_retries`` times."""
     loop = asyncio.get_running_loop()
@@ -274,7 +279,10 @@ async def _wait_ready(
                     raise RemoteError(
                         "/readyz names no model", code="invalid_response", status_code=502
                     )
-                return str(model["name"]), str(model["version"])
+                defaults = body.get("defaults")
+                known = defaults if isinstance(defaults, dict) else {}
+                options = {k: int(v) for k, v in known.items() if isinstance(v, int)}
+                return str(model["name"]), str(model["version"]), options
             if response.status_code not in RETRY_STATUSES | {200}:
                 raise _error_from(response)
             delay = policy.delay(rounds, response)

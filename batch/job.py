@@ -16,13 +16,13 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from batch.engines import Answer, Engine
 from batch.rows import ErrorInfo, Row, resume_key
-from batch.sidecar import SidecarError, write_xmp_sidecar
+from batch.sidecar import SidecarError, sidecar_path, write_xmp_sidecar
 from batch.sources import Item, read_item_bytes
 from batch.store import ResultStore
 from service.errors import CaptionError
@@ -126,6 +126,7 @@ class Job:
         self._fetch_policy = fetch_policy
         self._progress = progress or (lambda summary: None)
         self._by_content: dict[str, asyncio.Future[Answer]] = {}
+        self._sidecars: dict[Path, str] = {}  # sidecar -> the input it belongs to, this run
         self._options_key = resume_key(
             Row(id="-", model=engine.model, options=engine.options, status="ok")
         )[2:]
@@ -173,17 +174,17 @@ class Job:
             answer = await self._caption(data, digest)
             row = self._ok_row(item, where, digest, answer)
             if self.config.xmp_sidecar and local and row.caption:
-                await asyncio.to_thread(self._sidecar, item, row.caption)
+                try:
+                    await asyncio.to_thread(self._sidecar, item, row.caption)
+                except SidecarError as exc:  # the caption stays; --retry-failed writes it again
+                    error = ErrorInfo(code="sidecar_failed", detail=str(exc))
+                    row = replace(row, status="error", error=error)
         except CaptionError as exc:
             if digest is None and self._answered(item.id, None):
                 self.summary.skipped += 1
                 self._progress(self.summary)
                 return
             row = self._error_row(item, where, digest, ErrorInfo(code=exc.code, detail=exc.detail))
-        except SidecarError as exc:
-            row = self._error_row(
-                item, where, digest, ErrorInfo(code="sidecar_failed", detail=str(exc))
-            )
         except Exception as exc:  # a bug must cost one row, not the job
             log.exception("input %s failed unexpectedly", item.id)
             row = self._error_row(
@@ -258,6 +259,16 @@ class Job:
         )
 
     def _sidecar(self, item: Item, caption: str) -> None:
+        config = self.config
+        try:
+            target = sidecar_path(
+                item.uri, sidecar_dir=config.sidecar_dir, root=config.sidecar_root
+            )
+        except ValueError as exc:  # outside the mirrored tree
+            raise SidecarError(str(exc)) from exc
+        owner = self._sidecars.setdefault(target, item.id)
+        if owner != item.id:  # photo.jpg and photo.png share photo.xmp: never cross captions
+            raise SidecarError(f"{target} is already the sidecar of {owner!r}")
         write_xmp_sidecar(
-            item.uri, caption, sidecar_dir=self.config.sidecar_dir, root=self.config.sidecar_root
+            item.uri, caption, sidecar_dir=config.sidecar_dir, root=config.sidecar_root
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -36,8 +37,20 @@ def job_config(args: argparse.Namespace, settings: Settings) -> JobConfig:
         force=args.force,
         xmp_sidecar=args.xmp_sidecar or args.sidecar_dir is not None,
         sidecar_dir=args.sidecar_dir,
+        sidecar_root=sidecar_root(args.inputs) if args.sidecar_dir is not None else None,
         max_bytes=settings.max_upload_bytes,
     )
+
+
+def sidecar_root(inputs: Sequence[str]) -> Path:
+    """The tree ``--sidecar-dir`` mirrors: the working directory when every local input is below
+    it (paths as given), else the deepest folder holding them all."""
+    local = [os.path.abspath(i) for i in inputs if i != "-" and "://" not in i]
+    folders = [p if os.path.isdir(p) else os.path.dirname(p) for p in local]
+    here = os.getcwd()
+    if not folders or all(os.path.commonpath([here, f]) == here for f in folders):
+        return Path(here)
+    return Path(os.path.commonpath(folders))
 
 
 async def start_engine(
@@ -48,11 +61,12 @@ async def start_engine(
     client = await EndpointEngine.connect(
         args.endpoint, api_key=args.api_key, concurrency=args.concurrency
     )
-    beam = args.beam_size or settings.default_beam_size
+    defaults = client.defaults  # resolved as the service resolves them: rows match in-process
+    beam = args.beam_size or defaults.get("beam_size", settings.default_beam_size)
     options = Options(
         beam_size=beam,
-        max_length=args.max_length or 0,  # 0: the service's own default length
-        num_captions=args.num_captions or min(settings.default_num_captions, beam),
+        max_length=args.max_length or defaults.get("max_length", 0),  # 0: the service's default
+        num_captions=args.num_captions or min(defaults.get("num_captions", 1), beam),
     )
     return RemoteEngine(client, options, args.concurrency)
 

@@ -263,7 +263,9 @@ def read_item_bytes(item: Item, max_bytes: int) -> bytes:
             f"{item.uri}: only http(s) URLs and gs:// objects are read, not {scheme}:"
         )
     try:
-        with open(item.uri, "rb") as f:
+        # non-blocking: a named pipe among the images must be refused, not waited on for ever
+        fd = os.open(item.uri, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
             info = os.fstat(f.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise FileUnreadable(f"{item.uri}: not a regular file")

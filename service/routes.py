@@ -209,7 +209,13 @@ async def readyz(state: StateDep) -> Response:
     if state.captioner is not None:
         model = state.captioner.model
         body["model"] = {"name": model.manifest.name, "version": model.manifest.version}
-        body["attention_maps"] = state.captioner.rules.attention_maps  # attention=true
+        rules = state.captioner.rules
+        body["attention_maps"] = rules.attention_maps  # attention=true
+        body["defaults"] = {  # what a request that names no option gets
+            "beam_size": rules.default_beam_size,
+            "max_length": rules.default_max_length,
+            "num_captions": min(rules.default_num_captions, rules.default_beam_size),
+        }
         body["provider"] = model.provider
     if state.ready:
         return JSONResponse(body)

@@ -1,4 +1,10 @@
-"""Shared fixtures: a clean CAPTION_* environment for every test, and the shared Flickr8k data."""
+"""Shared fixtures: a clean CAPTION_* environment for every test, the shared Flickr8k data and
+one real photo from it (``jpeg``, ``jpeg_path``), and the tiny test bundles.
+
+The other shared helpers: ``tests/polling.py`` (waiting for a condition) and
+``tests/service/conftest.py`` (a real server in a thread, ``run_server``, or in its own process,
+``run_process``).
+"""
 
 from __future__ import annotations
 
@@ -45,6 +51,18 @@ def flickr8k_dir() -> Path:
     if not (SHARED_DATA / "Flickr8k.token.txt").is_file():
         pytest.fail(f"shared Flickr8k data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def jpeg_path(flickr8k_dir: Path) -> Path:
+    """The test photo: the first Flickr8k JPEG by name (a real 224x224 photo)."""
+    return sorted((flickr8k_dir / "images").glob("*.jpg"))[0]
+
+
+@pytest.fixture(scope="session")
+def jpeg(jpeg_path: Path) -> bytes:
+    """The test photo's bytes (``jpeg_path``)."""
+    return jpeg_path.read_bytes()
 
 
 @pytest.fixture(scope="session")

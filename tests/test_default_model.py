@@ -9,12 +9,7 @@ long as it is sensible.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +18,7 @@ import numpy as np
 import pytest
 
 from service.manifest import load_manifest, verify_files
+from tests.service.conftest import run_process
 from training.data import load_captions, load_split
 
 pytestmark = pytest.mark.e2e
@@ -52,43 +48,12 @@ def _pick(
 
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m service`` with no bundle setting (so the default, models/default)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTION_")}
-    env.update(CAPTION_HOST="127.0.0.1", CAPTION_PORT=str(port))
+    """``python -m service`` with no bundle setting (so the default, models/default), started
+    outside the repository: the default bundle must not depend on the cwd."""
     log_path = tmp_path_factory.mktemp("service") / "service.log"
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            cwd=tmp_path_factory.mktemp("cwd"),  # the default bundle must not depend on the cwd
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"service exited: {log_path.read_text(errors='replace')}")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"service not ready: {log_path.read_text(errors='replace')}")
-                time.sleep(0.2)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    cwd = tmp_path_factory.mktemp("cwd")
+    with run_process(None, log_path, cwd=cwd, ready_timeout=180) as proc:
+        yield proc.url
 
 
 def _caption(url: str, path: Path) -> str:

@@ -29,16 +29,15 @@ def attention_service(tiny_attention_bundle: Path) -> Iterator[str]:
 
 
 def test_hover_and_slider_show_where_the_model_looked(
-    attention_service: str, flickr8k_dir: Path, tmp_path: Path
+    attention_service: str, jpeg_path: Path, tmp_path: Path
 ) -> None:
     if not (HERE / "node_modules" / "playwright-core").is_dir() or shutil.which("node") is None:
         pytest.fail("needs node and `npm ci --prefix tests/browser` (.ci/run installs them)")
     shots = Path(os.environ.get("CAPTIONER_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    image = sorted((flickr8k_dir / "images").glob("*.jpg"))[3]
     config = {
         "baseUrl": attention_service,
-        "imagePath": str(image),
+        "imagePath": str(jpeg_path),
         "screenshotDir": str(shots),
         "chromium": CHROMIUM,
     }

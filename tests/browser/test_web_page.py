@@ -10,20 +10,19 @@ n-best list and timings; captions a URL served by a local allow-listed server; a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.service.conftest import run_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -32,14 +31,9 @@ CHROMIUM = os.environ.get("CAPTIONER_CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
-def image_path(flickr8k_dir: Path) -> Path:
-    return sorted((flickr8k_dir / "images").glob("*.jpg"))[0]
-
-
-@pytest.fixture(scope="module")
-def image_server(image_path: Path) -> Iterator[str]:
+def image_server(jpeg: bytes) -> Iterator[str]:
     """A plain local HTTP server with one JPEG at /img.jpg (the URL the page asks to caption)."""
-    body = image_path.read_bytes()
+    body = jpeg
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -67,44 +61,15 @@ def image_server(image_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def service_url(tiny_bundle: Path, image_server: str) -> Iterator[str]:
     """The real app (``service.app.create_app``) on uvicorn in a thread, ready before yielding."""
-    import uvicorn
-
-    from service.app import create_app
-    from service.settings import Settings
-
     image_port = int(image_server.rsplit(":", 1)[1])
-    settings = Settings(
-        bundle_dir=tiny_bundle,
+    with run_server(
+        tiny_bundle,
         url_allowlist=f"127.0.0.1:{image_port}",
         warmup_batch_sizes=(1,),
         max_batch_size=4,
         log_json=False,
-    )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            thread.join(10)
-            pytest.fail("the service did not become ready within 60 s")
-        time.sleep(0.1)
-    yield base
-    server.should_exit = True
-    thread.join(30)
-    sock.close()
+    ) as running:
+        yield running.url
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +86,7 @@ def node_modules() -> Path:
 def test_web_page_uploads_and_captions(
     service_url: str,
     image_server: str,
-    image_path: Path,
+    jpeg_path: Path,
     node_modules: Path,
     tmp_path: Path,
 ) -> None:
@@ -131,7 +96,7 @@ def test_web_page_uploads_and_captions(
     listener.bind(("127.0.0.1", 0))  # a loopback port that is NOT allow-listed
     config = {
         "baseUrl": service_url,
-        "imagePath": str(image_path),
+        "imagePath": str(jpeg_path),
         "imageUrl": f"{image_server}/img.jpg",
         "forbiddenUrl": f"http://127.0.0.1:{listener.getsockname()[1]}/secret.jpg",
         "screenshotDir": str(shots),

@@ -19,18 +19,7 @@ import pytest
 from loadtest.promscrape import Snapshot, parse
 from service import errors
 from service.app import HTTP_CODES
-from tests.service.conftest import (
-    RunningServer,
-    ServiceProcess,
-    run_process,
-    run_server,
-    wait_ready,
-)
-
-
-@pytest.fixture(scope="module")
-def jpeg(flickr8k_dir: Path) -> bytes:
-    return sorted((flickr8k_dir / "images").glob("*.jpg"))[0].read_bytes()
+from tests.service.conftest import RunningServer, ServiceProcess, run_process, run_server
 
 
 @pytest.fixture(scope="session")
@@ -59,13 +48,12 @@ ServiceFactory = Callable[..., ServiceProcess]
 @pytest.fixture
 def service_process(tiny_bundle: Path, tmp_path: Path) -> Iterator[ServiceFactory]:
     """Factory: ``service_process(bundle=None, CAPTION_X="1")`` -> ``python -m service``
-    on the tiny bundle (or ``bundle``), ready."""
+    on the tiny bundle (or ``bundle``), ready (production warning filters, its own RSS)."""
     with contextlib.ExitStack() as stack:
 
         def start(bundle: Path | None = None, **env: str) -> ServiceProcess:
-            folder = tmp_path / f"service-{len(list(tmp_path.glob('service-*')))}"
-            folder.mkdir()
-            return stack.enter_context(process_server(bundle or tiny_bundle, folder, **env))
+            log = tmp_path / f"service-{len(list(tmp_path.glob('service-*.log')))}.log"
+            return stack.enter_context(run_process(bundle or tiny_bundle, log, env))
 
         yield start
 
@@ -100,17 +88,6 @@ def server_errors(url: str, *, allowed: frozenset[str] = frozenset()) -> dict[st
             if tags["code"] not in allowed and value:
                 out[f"{tags['endpoint']} {tags['code']}"] = value
     return out
-
-
-@contextlib.contextmanager
-def process_server(bundle: Path, log_dir: Path, **env: str) -> Iterator[ServiceProcess]:
-    """``python -m service`` (production warning filters, own RSS), ready, stopped after."""
-    with run_process(bundle, log_dir / "service.log", **env) as proc:
-        try:
-            wait_ready(proc.url, timeout=60, alive=lambda: proc.process.poll() is None)
-        except Exception as exc:
-            raise RuntimeError(f"service did not start:\n{proc.log()}") from exc
-        yield proc
 
 
 def assert_healthy(url: str, jpeg: bytes) -> None:

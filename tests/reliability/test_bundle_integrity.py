@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from service.app import create_app
 from service.manifest import BundleError
 from service.model import CaptionModel
-from service.settings import Settings
-from tests.service.conftest import free_socket, run_process
+from tests.polling import wait_until
+from tests.service.conftest import run_process, run_server
 
 pytestmark = pytest.mark.e2e
 
@@ -36,13 +33,13 @@ def _flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def _edit_manifest(bundle: Path, edit: Callable[[dict[str, object]], None]) -> None:
+def _edit_manifest(bundle: Path, edit: Callable[[dict[str, object]], object]) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     edit(manifest)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
-def _drop_field(name: str) -> Callable[[dict[str, object]], None]:
+def _drop_field(name: str) -> Callable[[dict[str, object]], object]:
     return lambda m: m.pop(name)
 
 
@@ -52,7 +49,7 @@ def _traversal(m: dict[str, object]) -> None:
     files["../../etc/hostname"] = {"sha256": "0" * 64, "bytes": 1}
 
 
-DAMAGE: dict[str, tuple[Callable[[Path], None], list[str]]] = {
+DAMAGE: dict[str, tuple[Callable[[Path], object], list[str]]] = {
     "encoder hash mismatch": (lambda b: _flip_byte(b / "encoder.onnx"), ["encoder.onnx", "sha256"]),
     "vocab hash mismatch": (lambda b: _flip_byte(b / "vocab.json"), ["vocab.json", "sha256"]),
     "decoder truncated": (
@@ -105,7 +102,7 @@ def test_loading_refuses_a_bad_bundle(tiny_bundle: Path, tmp_path: Path, name: s
 )
 def test_process_exits_2_with_the_reason(tiny_bundle: Path, tmp_path: Path, name: str) -> None:
     bundle = _damaged(tiny_bundle, tmp_path, name)
-    with run_process(bundle, tmp_path / "log.txt") as proc:
+    with run_process(bundle, tmp_path / "log.txt", ready=False) as proc:
         assert proc.process.wait(timeout=60) == 2, proc.log()
         log = proc.log()
     assert "cannot serve bundle" in log and str(bundle) in log
@@ -116,26 +113,21 @@ def test_process_exits_2_with_the_reason(tiny_bundle: Path, tmp_path: Path, name
 
 def test_in_app_load_stays_not_ready(tiny_bundle: Path, tmp_path: Path) -> None:
     bundle = _damaged(tiny_bundle, tmp_path, "encoder hash mismatch")
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    app = create_app(Settings(bundle_dir=bundle, port=port))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        end = time.monotonic() + 20
-        while True:
-            try:
-                health = httpx.get(f"{url}/healthz", timeout=2)
-                if health.status_code == 500:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < end, "the failure was never reported"
-            time.sleep(0.05)
+    with run_server(bundle, wait=False) as running:  # the app loads (and refuses) the bundle
+        url = running.url
+
+        def failed() -> httpx.Response | None:
+            health = httpx.get(f"{url}/healthz", timeout=2)
+            return health if health.status_code == 500 else None
+
+        health = wait_until(
+            failed,
+            what="/healthz reporting the failure",
+            timeout=20,
+            ignore=(httpx.TransportError,),
+        )
         assert health.json()["status"] == "failed" and "encoder.onnx" in health.json()["detail"]
-        for _ in range(5):  # and it stays that way
+        for _ in range(5):  # and it stays that way (watched for half a second: no event to await)
             ready = httpx.get(f"{url}/readyz", timeout=2)
             assert ready.status_code == 503
             body = ready.json()
@@ -147,7 +139,3 @@ def test_in_app_load_stays_not_ready(tiny_bundle: Path, tmp_path: Path) -> None:
             assert (r.status_code, r.json()["code"]) == (503, "not_ready")
             assert "encoder.onnx" in r.json()["detail"]
             time.sleep(0.1)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()

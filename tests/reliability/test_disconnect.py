@@ -10,13 +10,13 @@ stayers), every stayer gets its caption, and nothing stays pending.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.polling import wait_until, wait_until_async
 from tests.reliability.conftest import assert_healthy
 from tests.service.conftest import RunningServer
 
@@ -44,11 +44,13 @@ async def _scenario(running: RunningServer, jpeg: bytes) -> list[httpx.Response]
             )
             for _ in range(STAYERS)
         ]
-        end = time.monotonic() + 60
         # the stayers are queued, running or (on a fast box, the first ones) already answered
-        while _queued(running) + sum(t.done() for t in stayers) < STAYERS - 1:
-            assert time.monotonic() < end, "stayers never queued"
-            await asyncio.sleep(0.002)
+        await wait_until_async(
+            lambda: _queued(running) + sum(t.done() for t in stayers) >= STAYERS - 1,
+            what="the stayers queued",
+            timeout=60,
+            interval=0.002,
+        )
         leavers: list[asyncio.StreamWriter] = []
         try:
             for _ in range(LEAVERS):
@@ -58,9 +60,12 @@ async def _scenario(running: RunningServer, jpeg: bytes) -> list[httpx.Response]
                 await writer.drain()
             # the leavers are queued too: stayers keep finishing meanwhile, so count the ones
             # already answered (a counter that only grows) beside what is queued or running
-            while _queued(running) + sum(t.done() for t in stayers) < STAYERS - 1 + LEAVERS:
-                assert time.monotonic() < end, "leavers never queued"
-                await asyncio.sleep(0.002)
+            await wait_until_async(
+                lambda: _queued(running) + sum(t.done() for t in stayers) >= STAYERS - 1 + LEAVERS,
+                what="the leavers queued",
+                timeout=60,
+                interval=0.002,
+            )
             assert running.sample("caption_batch_size_sum") < STAYERS - 2, "queue drained too fast"
         finally:
             for writer in leavers:  # hang up while queued (and never leak a socket)
@@ -83,10 +88,7 @@ def test_clients_leaving_while_queued_are_skipped(
     assert [r.status_code for r in responses] == [200] * STAYERS
     captions = {r.json()["caption"] for r in responses}
     assert len(captions) == 1 and captions != {""}  # same image, same caption, all complete
-    end = time.monotonic() + 10
-    while running.sample("caption_pending_requests") > 0:
-        assert time.monotonic() < end, "leavers still pending"
-        time.sleep(0.01)
+    wait_until(lambda: running.sample("caption_pending_requests") == 0, what="the leavers answered")
     assert running.sample("caption_rejected_total", {"reason": "cancelled"}) == LEAVERS
     assert running.sample("caption_batch_size_sum") == STAYERS  # leavers never ran
     assert running.sample("caption_requests_total", {"endpoint": "/caption", "code": "499"}) == (

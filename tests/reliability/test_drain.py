@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.polling import wait_until_async
 from tests.reliability.conftest import ServiceFactory
 from tests.service.conftest import ServiceProcess
 
@@ -65,14 +66,15 @@ async def _one(client: httpx.AsyncClient, jpeg: bytes, t0: float) -> Outcome:
 
 async def _until_pending(client: httpx.AsyncClient, count: int, timeout_s: float = 5.0) -> None:
     """Wait until the server holds at least ``count`` caption requests (its pending gauge)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    async def held() -> bool:
         text = (await client.get("/metrics")).text
         line = next(x for x in text.splitlines() if x.startswith("caption_pending_"))
-        if float(line.split()[-1]) >= count:
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"the server never held {count} requests")
+        return float(line.split()[-1]) >= count
+
+    await wait_until_async(
+        held, what=f"the server holding {count} requests", timeout=timeout_s, interval=0.005
+    )
 
 
 async def _readiness(url: str, t0: float, stop: asyncio.Event) -> list[tuple[float, int, str]]:
@@ -114,9 +116,13 @@ async def _scenario(proc: ServiceProcess, jpeg: bytes) -> dict[str, object]:
                 exited = time.monotonic() - t0
             tasks.append(asyncio.create_task(_one(client, jpeg, t0)))
         outcomes = await asyncio.gather(*tasks)
-    while proc.process.poll() is None and time.monotonic() - t0 < 3.0 + DRAIN_TIMEOUT_S + 10:
-        await asyncio.sleep(0.02)
-    if exited is None and proc.process.poll() is not None:
+    await wait_until_async(
+        lambda: proc.process.poll() is not None,
+        what="the service exited",
+        timeout=max(0.0, t0 + 3.0 + DRAIN_TIMEOUT_S + 10 - time.monotonic()),
+        interval=0.02,
+    )
+    if exited is None:
         exited = time.monotonic() - t0
     stop.set()
     return {
@@ -200,8 +206,11 @@ def test_drain_timeout_bounds_the_exit_and_leftovers_get_an_answer(
             proc.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             outcomes = await asyncio.gather(*tasks)
-        while proc.process.poll() is None and time.monotonic() - signalled < 20:
-            await asyncio.sleep(0.01)
+        await wait_until_async(
+            lambda: proc.process.poll() is not None,
+            what="the service exited",
+            timeout=max(0.0, signalled + 20 - time.monotonic()),
+        )
         return outcomes, signalled, time.monotonic()
 
     outcomes, signalled, exited = asyncio.run(scenario())

@@ -31,13 +31,8 @@ from schemathesis.checks import (
 )
 from schemathesis.generation import GenerationMode
 
-from tests.reliability.conftest import (
-    assert_healthy,
-    documented_errors,
-    process_server,
-    server_errors,
-)
-from tests.service.conftest import ServiceProcess
+from tests.reliability.conftest import assert_healthy, documented_errors, server_errors
+from tests.service.conftest import ServiceProcess, run_process
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +52,7 @@ def fuzz_server(
         "CAPTION_REQUEST_TIMEOUT_S": "30",
         "CAPTION_LOG_LEVEL": "warning",
     }
-    with process_server(tiny_bundle, tmp_path_factory.mktemp("fuzz"), **env) as proc:
+    with run_process(tiny_bundle, tmp_path_factory.mktemp("fuzz") / "service.log", env) as proc:
         yield proc
 
 

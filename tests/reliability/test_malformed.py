@@ -16,13 +16,8 @@ import httpx
 import pytest
 
 from tests.reliability import corpus
-from tests.reliability.conftest import (
-    assert_healthy,
-    documented_errors,
-    process_server,
-    server_errors,
-)
-from tests.service.conftest import ServiceProcess
+from tests.reliability.conftest import assert_healthy, documented_errors, server_errors
+from tests.service.conftest import ServiceProcess, run_process
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +32,8 @@ def hardened(
     """``python -m service`` with small body limits: production warning filters (a corrupt
     EXIF block is a PIL warning, not an error) and its own process."""
     folder = tmp_path_factory.mktemp("malformed")
-    with process_server(tiny_bundle, folder, CAPTION_REQUEST_TIMEOUT_S="30", **ENV) as proc:
+    log = folder / "service.log"
+    with run_process(tiny_bundle, log, {"CAPTION_REQUEST_TIMEOUT_S": "30", **ENV}) as proc:
         yield proc
 
 

@@ -2,8 +2,10 @@
 
 ``start_server(**settings)`` runs ``service.app.create_app`` under a real uvicorn in a background
 thread, waits for ``/readyz`` and yields a ``RunningServer`` (base URL + the app's metrics);
-``served`` is one shared server on the tiny bundle with default settings. ``start_process``
-runs ``python -m service`` (for signals and exit codes).
+``served`` is one shared server on the tiny bundle with default settings. ``run_process`` runs
+``python -m service`` (for signals, exit codes and the process's own resources): the one way the
+tests start the service as a process. Both use ``CAPTION_CACHE_SIZE=0`` unless told otherwise, as
+tests re-post the same images to reach the model.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from service.app import create_app
 from service.metrics import Metrics
 from service.model import CaptionModel
 from service.settings import Settings
+from tests.polling import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,15 +56,20 @@ def free_socket() -> socket.socket:
 def wait_ready(
     url: str, timeout: float = 30.0, *, alive: Callable[[], bool] = lambda: True
 ) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    """Poll ``/readyz`` until it answers 200; ``alive() == False`` (the server died) ends it."""
+
+    def ready() -> bool:
         if not alive():
-            raise RuntimeError("server stopped before it was ready")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} not ready within {timeout}s")
+            raise RuntimeError(f"{url} stopped before it was ready")
+        return httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200
+
+    wait_until(
+        ready,
+        what=f"{url}/readyz answering 200",
+        timeout=timeout,
+        interval=0.05,
+        ignore=(httpx.HTTPError,),
+    )
 
 
 @contextlib.contextmanager
@@ -84,9 +91,12 @@ def run_server(
         if wait:
             wait_ready(url, alive=thread.is_alive)
         else:
-            while not server.started:
+
+            def started() -> bool:
                 assert thread.is_alive(), "server thread died"
-                time.sleep(0.01)
+                return server.started
+
+            wait_until(started, what="uvicorn listening", timeout=30.0)
         yield RunningServer(url=url, settings=settings, metrics=app.state.metrics)
     finally:
         server.should_exit = True
@@ -123,29 +133,50 @@ class ServiceProcess:
 
 
 @contextlib.contextmanager
-def run_process(bundle: Path, log_path: Path, **env: str) -> Iterator[ServiceProcess]:
-    """``python -m service`` on a free port, output to ``log_path``; the caller waits for it."""
+def run_process(
+    bundle: Path | None,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    ready: bool = True,
+    ready_timeout: float = 60.0,
+    cwd: Path = REPO_ROOT,
+) -> Iterator[ServiceProcess]:
+    """``python -m service`` on a free port, output to ``log_path``, killed after if still up.
+
+    ``ready``: wait for ``/readyz`` (the error carries the log); ``ready=False`` hands it over
+    at once (to watch it exit). ``bundle=None`` leaves ``CAPTION_BUNDLE_DIR`` unset (the
+    default bundle). The environment is the caller's without ``CAPTION_*``, plus JSON logs,
+    ``CAPTION_CACHE_SIZE=0`` and ``env`` (``{"CAPTION_QUEUE_SIZE": "2"}``).
+    """
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CAPTION_")}
     environ.update(
-        CAPTION_BUNDLE_DIR=str(bundle),
         CAPTION_PORT=str(port),
         CAPTION_LOG_JSON="true",
         CAPTION_CACHE_SIZE="0",  # tests re-post the same images to reach the model
     )
-    environ.update(env)
+    if bundle is not None:
+        environ["CAPTION_BUNDLE_DIR"] = str(bundle)
+    environ.update(env or {})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service"],
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=environ,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        proc = ServiceProcess(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
         try:
-            yield ServiceProcess(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+            if ready:
+                try:
+                    wait_ready(proc.url, ready_timeout, alive=lambda: process.poll() is None)
+                except (RuntimeError, TimeoutError) as exc:
+                    raise RuntimeError(f"service did not start:\n{proc.log()}") from exc
+            yield proc
         finally:
             if process.poll() is None:
                 process.kill()

@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -20,17 +19,13 @@ import pytest
 from PIL import Image
 
 from service.model import CaptionModel
+from tests.polling import wait_until, wait_until_async
 from tests.service import images
 from tests.service.conftest import RunningServer, run_process, run_server, wait_ready
 
 pytestmark = pytest.mark.e2e
 
 TIMING_KEYS = {"queue", "preprocess", "encode", "decode", "total"}
-
-
-@pytest.fixture(scope="module")
-def jpeg(flickr8k_dir: Path) -> bytes:
-    return sorted((flickr8k_dir / "images").glob("*.jpg"))[0].read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -404,15 +399,17 @@ def test_client_disconnect_is_cancelled_and_the_server_carries_on(
         head += f"Content-Length: {len(slow)}\r\n\r\n"
         writer.write(head.encode() + slow)
         await writer.drain()
-        await asyncio.sleep(0.05)  # the image is being decoded: hang up
+        await wait_until_async(  # the server holds the image (its decode takes ~0.2 s): hang up
+            lambda: running.sample("caption_pending_requests") >= 1, what="the request admitted"
+        )
         writer.close()
         await writer.wait_closed()
 
     asyncio.run(leave_early())
-    end = time.monotonic() + 10
-    while running.sample("caption_rejected_total", {"reason": "cancelled"}) < 1:
-        assert time.monotonic() < end, "the disconnect was not noticed"
-        time.sleep(0.02)
+    wait_until(
+        lambda: running.sample("caption_rejected_total", {"reason": "cancelled"}) >= 1,
+        what="the disconnect noticed",
+    )
     assert running.sample("caption_pending_requests") == 0
     r = httpx.post(f"{running.url}/caption", content=jpeg, headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 200
@@ -467,7 +464,7 @@ def test_bad_bundle_exits_nonzero_with_the_reason(tmp_path: Path, tiny_bundle: P
     for f in tiny_bundle.iterdir():
         (broken / f.name).write_bytes(f.read_bytes())
     (broken / "decoder.onnx").write_bytes(b"tampered")
-    with run_process(broken, tmp_path / "log.txt") as proc:
+    with run_process(broken, tmp_path / "log.txt", ready=False) as proc:
         assert proc.process.wait(timeout=60) == 2
         assert "decoder.onnx" in proc.log() and "cannot serve bundle" in proc.log()
 
@@ -482,15 +479,14 @@ def test_bad_bundle_exits_nonzero_with_the_reason(tmp_path: Path, tiny_bundle: P
 def test_bad_settings_exit_nonzero_with_the_reason(
     tmp_path: Path, tiny_bundle: Path, env: dict[str, str], reason: str
 ) -> None:
-    with run_process(tiny_bundle, tmp_path / "log.txt", **env) as proc:
+    with run_process(tiny_bundle, tmp_path / "log.txt", env, ready=False) as proc:
         assert proc.process.wait(timeout=60) == 2
         assert "invalid CAPTION_* settings" in proc.log() and reason in proc.log()
 
 
 def test_sigterm_drains_in_flight_requests(tmp_path: Path, tiny_bundle: Path) -> None:
     env = {"CAPTION_DECODE_THREADS": "1", "CAPTION_DRAIN_TIMEOUT_S": "30"}
-    with run_process(tiny_bundle, tmp_path / "log.txt", **env) as proc:
-        wait_ready(proc.url, alive=lambda: proc.process.poll() is None)
+    with run_process(tiny_bundle, tmp_path / "log.txt", env) as proc:
         slow = images.encode(images.noise_rgb(1200, 1200), "PNG")
 
         async def scenario() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
@@ -501,15 +497,20 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path, tiny_bundle: Path) ->
                     )
                     for _ in range(6)
                 ]
-                while True:  # wait until the server has accepted them all
+
+                async def all_accepted() -> bool:
                     text = (await c.get("/metrics")).text
                     line = next(x for x in text.splitlines() if x.startswith("caption_pending_"))
-                    if float(line.split()[-1]) >= 6:
-                        break
-                    await asyncio.sleep(0.01)
+                    return float(line.split()[-1]) >= 6
+
+                await wait_until_async(all_accepted, what="6 requests pending", timeout=30)
                 proc.process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.05)
-                ready = await c.get("/readyz")
+
+                async def not_ready() -> httpx.Response | None:
+                    r = await c.get("/readyz")
+                    return None if r.status_code == 200 else r
+
+                ready = await wait_until_async(not_ready, what="/readyz after SIGTERM")
                 refused = await c.post(
                     "/caption", content=slow, headers={"Content-Type": "image/png"}
                 )
@@ -537,8 +538,10 @@ def test_requests_are_logged_as_json(
             content=jpeg,
             headers={"Content-Type": "image/jpeg", "X-Request-ID": "trace-1"},
         )
-        time.sleep(0.05)
-    records = [r for r in caplog.records if r.name == "service.access"]
+        records = wait_until(  # written once the response has gone out
+            lambda: [r for r in caplog.records if r.name == "service.access"],
+            what="the access log record",
+        )
     assert records and records[-1].request_id == "trace-1"  # type: ignore[attr-defined]
     assert records[-1].status == 200  # type: ignore[attr-defined]
     assert set(records[-1].timings_ms) == TIMING_KEYS  # type: ignore[attr-defined]

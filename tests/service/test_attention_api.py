@@ -29,11 +29,6 @@ def client(attention_server: RunningServer) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture(scope="module")
-def jpeg(flickr8k_dir: Path) -> bytes:
-    return sorted((flickr8k_dir / "images").glob("*.jpg"))[3].read_bytes()
-
-
 def _check_maps(body: dict[str, object], cells: int) -> None:
     grid = body["attention_grid"]
     assert isinstance(grid, list) and int(np.prod(grid)) == cells

@@ -9,6 +9,7 @@ import pytest
 
 from service.batcher import MicroBatcher
 from service.errors import DeadlineExceeded, NotReady, Overloaded
+from tests.polling import wait_until_async
 
 
 class FakeRunner:
@@ -21,6 +22,8 @@ class FakeRunner:
         self.started = asyncio.Event()
         self.fail_items: set[int] = set()
         self.fail_batch = False
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     def release_one(self) -> None:
         self._permits.release()
@@ -33,8 +36,13 @@ class FakeRunner:
     async def __call__(self, items: list[int]) -> Sequence[int | BaseException]:
         self.batches.append(list(items))
         self.started.set()
-        if not self._open:
-            await self._permits.acquire()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if not self._open:
+                await self._permits.acquire()
+        finally:
+            self.in_flight -= 1
         if self.fail_batch:
             raise RuntimeError("model crashed")
         return [ValueError(f"bad {i}") if i in self.fail_items else i * 10 for i in items]
@@ -84,15 +92,6 @@ async def cleanup() -> AsyncIterator[list[MicroBatcher[int, int]]]:
         await batcher.stop()
 
 
-async def until(predicate: object, timeout: float = 2.0) -> None:
-    assert callable(predicate)
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.001)
-
-
 async def test_idle_model_runs_a_lone_request_at_once(
     cleanup: list[MicroBatcher[int, int]],
 ) -> None:
@@ -115,7 +114,7 @@ async def test_batches_grow_while_the_model_is_busy_and_close_on_size(
     first = asyncio.create_task(batcher.submit(0))
     await runner.started.wait()  # batch [0] is running and held
     rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 10)]
-    await until(lambda: batcher.queued == 9)
+    await wait_until_async(lambda: batcher.queued == 9, what="9 queued")
     runner.open()
     results = await asyncio.gather(first, *rest)
     assert results == [i * 10 for i in range(10)]
@@ -134,7 +133,8 @@ async def test_closes_on_time_when_a_slot_is_free_but_model_busy(
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     second = asyncio.create_task(batcher.submit(1))
-    await until(lambda: len(runner.batches) == 2)  # opened by the timer, not by size
+    # opened by the timer, not by size
+    await wait_until_async(lambda: len(runner.batches) == 2, what="a second batch")
     waited = loop.time() - t0
     assert 0.08 <= waited < 1.0, waited
     assert runner.batches[1] == [1]
@@ -151,9 +151,9 @@ async def test_items_arriving_within_the_wait_join_the_batch(
     first = asyncio.create_task(batcher.submit(0))
     await runner.started.wait()
     later = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # item 3 arrives 20 ms into the 200 ms wait (a timed arrival)
     later.append(asyncio.create_task(batcher.submit(3)))
-    await until(lambda: len(runner.batches) == 2)
+    await wait_until_async(lambda: len(runner.batches) == 2, what="a second batch")
     assert runner.batches[1] == [1, 2, 3]
     runner.open()
     assert await asyncio.gather(first, *later) == [0, 10, 20, 30]
@@ -169,9 +169,9 @@ async def test_cancelled_caller_is_dropped_and_siblings_served(
     first = asyncio.create_task(batcher.submit(0))
     await runner.started.wait()
     queued = {i: asyncio.create_task(batcher.submit(i)) for i in (1, 2, 3)}
-    await until(lambda: batcher.queued == 3)
+    await wait_until_async(lambda: batcher.queued == 3, what="3 queued")
     queued[2].cancel()
-    await asyncio.sleep(0)
+    await asyncio.wait([queued[2]])  # the cancellation has reached the batcher
     runner.open()
     assert await first == 0
     assert await queued[1] == 10
@@ -191,11 +191,13 @@ async def test_cancel_during_a_running_batch_leaves_siblings_served(
     tasks = [asyncio.create_task(batcher.submit(0))]
     await runner.started.wait()
     tasks += [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
-    await until(lambda: batcher.queued == 2)
+    await wait_until_async(lambda: batcher.queued == 2, what="2 queued")
     runner.release_one()  # batch [0] finishes, batch [1, 2] starts and is held
-    await until(lambda: len(runner.batches) == 2 and batcher.running == 2)
+    await wait_until_async(
+        lambda: len(runner.batches) == 2 and batcher.running == 2, what="the second batch running"
+    )
     tasks[1].cancel()
-    await asyncio.sleep(0)
+    await asyncio.wait([tasks[1]])  # the cancellation has reached the batcher
     runner.open()  # its batch is running: the result is discarded, the sibling gets its own
     assert await tasks[2] == 20
     assert await tasks[0] == 0
@@ -244,7 +246,7 @@ async def test_full_queue_is_refused_at_once(cleanup: list[MicroBatcher[int, int
     running = asyncio.create_task(batcher.submit(0))
     await runner.started.wait()
     waiting = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
-    await until(lambda: batcher.queued == 2)
+    await wait_until_async(lambda: batcher.queued == 2, what="2 queued")
     with pytest.raises(Overloaded) as info:
         await batcher.submit(3)
     assert info.value.headers["Retry-After"] == "1"
@@ -261,7 +263,7 @@ async def test_one_failing_item_fails_only_itself(cleanup: list[MicroBatcher[int
     first = asyncio.create_task(batcher.submit(0))
     await runner.started.wait()
     tasks = [asyncio.create_task(batcher.submit(i)) for i in (1, 2, 3)]
-    await until(lambda: batcher.queued == 3)
+    await wait_until_async(lambda: batcher.queued == 3, what="3 queued")
     runner.open()
     results = await asyncio.gather(first, *tasks, return_exceptions=True)
     assert results[:2] == [0, 10] and results[3] == 30
@@ -304,9 +306,11 @@ async def test_drain_finishes_queued_and_running_work_and_refuses_new(
     batcher = make(runner, max_batch_size=2, observer=recorder)
     cleanup.append(batcher)
     tasks = [asyncio.create_task(batcher.submit(i)) for i in range(5)]
-    await until(lambda: batcher.running == 2 and batcher.queued == 3)
+    await wait_until_async(
+        lambda: batcher.running == 2 and batcher.queued == 3, what="2 running, 3 queued"
+    )
     drain = asyncio.create_task(batcher.drain(5.0))
-    await asyncio.sleep(0.01)
+    await wait_until_async(lambda: not batcher.accepting, what="the drain started")
     with pytest.raises(NotReady) as info:
         await batcher.submit(99)
     assert info.value.reason == "draining"
@@ -333,11 +337,15 @@ async def test_concurrent_batches_are_bounded(cleanup: list[MicroBatcher[int, in
     batcher = make(runner, max_batch_size=1, concurrency=2)
     cleanup.append(batcher)
     tasks = [asyncio.create_task(batcher.submit(i)) for i in range(4)]
-    await until(lambda: batcher.running == 2)
-    await asyncio.sleep(0.02)
+    await wait_until_async(lambda: batcher.running == 2, what="two batches running")
     assert len(runner.batches) == 2 and batcher.queued == 2
+    runner.release_one()  # the first batch ends: exactly one more takes its slot
+    assert await tasks[0] == 0
+    await wait_until_async(lambda: len(runner.batches) == 3, what="a third batch")
+    assert batcher.running == 2 and batcher.queued == 1
     runner.open()
     assert await asyncio.gather(*tasks) == [0, 10, 20, 30]
+    assert runner.max_in_flight == 2  # never more at once, all along
 
 
 async def test_abandoned_while_waiting_for_a_slot_is_quietly_skipped(
@@ -349,9 +357,9 @@ async def test_abandoned_while_waiting_for_a_slot_is_quietly_skipped(
     first = asyncio.create_task(batcher.submit(0))
     await runner.started.wait()
     second = asyncio.create_task(batcher.submit(1))
-    await until(lambda: batcher.queued == 1)
+    await wait_until_async(lambda: batcher.queued == 1, what="1 queued")
     second.cancel()  # the flush loop is waiting for the busy slot meanwhile
-    await until(lambda: batcher.queued == 0)
+    await wait_until_async(lambda: batcher.queued == 0, what="the abandoned item gone")
     runner.open()
     assert await first == 0
     assert await batcher.submit(2) == 20

@@ -38,11 +38,6 @@ from tests.service.urlservers import (
 CAP = 256 * 1024
 
 
-@pytest.fixture(scope="module")
-def jpeg(flickr8k_dir: Path) -> bytes:
-    return sorted((flickr8k_dir / "images").glob("*.jpg"))[0].read_bytes()
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[RawServer]:
     srv = await RawServer().start()
