@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from service.response_cache import ResponseCache
+from tests.polling import wait_until_async
 
 
 class Counted:
@@ -31,9 +32,10 @@ class Counted:
 
 
 async def waiting(cache: ResponseCache[str, str], count: int) -> None:
-    """Until ``count`` callers are waiting on computations (one loop turn at a time)."""
-    while cache.stats.misses + cache.stats.coalesced < count:
-        await asyncio.sleep(0)
+    """Until ``count`` callers are waiting on computations."""
+    await wait_until_async(
+        lambda: cache.stats.misses + cache.stats.coalesced >= count, what=f"{count} waiters"
+    )
 
 
 async def test_a_repeat_is_a_hit_and_does_not_compute() -> None:
@@ -80,14 +82,13 @@ async def test_the_computation_is_cancelled_once_every_waiter_left() -> None:
     calls = [asyncio.create_task(cache.get_or_compute("k", compute("a dog"))) for _ in range(2)]
     await compute.started.wait()
     calls[0].cancel()
-    await asyncio.sleep(0)
+    await asyncio.wait([calls[0]])  # its cancellation has landed
     assert cache.in_flight == 1  # one waiter is left: the computation goes on
     calls[1].cancel()
     for call in calls:
         with pytest.raises(asyncio.CancelledError):
             await call
-    while cache.in_flight:
-        await asyncio.sleep(0)
+    await wait_until_async(lambda: not cache.in_flight, what="the computation to be cancelled")
     assert len(cache) == 0  # nothing was stored
     compute.gate.set()
     assert await cache.get_or_compute("k", compute("a cat")) == ("a cat", "miss")
