@@ -6,6 +6,7 @@
     python -m loadtest ramp --url http://127.0.0.1:8000 --start 10 --step 10 --max 200 \\
         --step-duration 10 --p99-bound-ms 500
     python -m loadtest bench [--quick]          # what `make bench` runs
+    python -m loadtest bulk [--quick] [--images N]   # bench phase (g) alone: captioner caption
     python -m loadtest sweep --set CAPTION_MAX_BATCH_SIZE=4,8,16   # tune service settings
 
 ``run`` and ``ramp`` write a JSON of per-step results and a PNG (``--out``, ``--plot``).
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     from loadtest import benchconfig, sweep
 
     benchconfig.add_arguments(sub.add_parser("bench", help="the full benchmark (make bench)"))
+    benchconfig.add_bulk_arguments(sub.add_parser("bulk", help="bench phase (g) alone"))
     sweep.add_arguments(sub.add_parser("sweep", help="settings grid at saturation"))
     return parser
 
@@ -158,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtest import bench
 
         return bench.main(args)
+    if args.command == "bulk":
+        from loadtest import bulkbench
+
+        return bulkbench.main(args)
     if args.command == "sweep":
         from loadtest import sweep
 

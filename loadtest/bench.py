@@ -9,7 +9,9 @@
     (c) the same service with ``CAPTION_MAX_BATCH_SIZE=1``;
     (d) the naive baseline, ``python -m training.baseline`` in a subprocess (``loadtest.naive``);
     (e) int8 encoder against fp32, when the bundle has one;
-    (f) roofline: encoder FLOPs per image x encoder throughput / measured float32 peak.
+    (f) roofline: encoder FLOPs per image x encoder throughput / measured float32 peak;
+    (g) bulk captioning, ``captioner caption`` in process against (a), ``--endpoint`` against
+        (b), a rerun over its own output, and on Ray Data (``loadtest.bulk``).
 
 Results go to ``<out-dir>/benchmarks.json`` (``loadtest.results``), ``.md``
 (``loadtest.benchdoc``) and ``.png``; ``--quick`` runs every phase briefly (a smoke test, not a
@@ -24,8 +26,9 @@ import signal
 import time
 from datetime import UTC, datetime
 
-from loadtest import benchdoc, flops, host, results
+from loadtest import benchdoc, bulkdoc, flops, host, results
 from loadtest.benchconfig import BenchConfig, add_arguments
+from loadtest.bulk import bulk_phase
 from loadtest.ceiling import offline_phase, offline_rerun
 from loadtest.naive import naive_phase
 from loadtest.payloads import PayloadPool, find_images
@@ -74,6 +77,10 @@ def run(cfg: BenchConfig, priority: host.Priority) -> results.BenchResults:
         print(f"  {naive.label}: {naive.throughput:.3f} img/s", flush=True)
     else:
         print(f"  skipped: {naive.skipped}", flush=True)
+    bulk = None
+    if cfg.bulk:
+        print("(g) bulk captioning", flush=True)
+        bulk = bulk_phase(cfg, paths, offline.best)
     return results.BenchResults(
         config=cfg,
         machine=machine,
@@ -99,11 +106,13 @@ def run(cfg: BenchConfig, priority: host.Priority) -> results.BenchResults:
             service=service,
             service_batch1=service_batch1,
             naive=naive,
+            bulk=bulk,
         ),
         wall_s=time.time() - started,
         finished_utc=datetime.now(UTC).isoformat(timespec="seconds"),
         cpu=meter.read(),
         priority=priority,
+        bulk=bulk,
     )
 
 
@@ -132,5 +141,7 @@ def main(args: argparse.Namespace) -> int:
     )
     doc = benchdoc.write(cfg.out_dir / "benchmarks.md", res)
     print(benchdoc.ratio_lines(res.ratios))
+    if res.ratios.bulk is not None:
+        print(bulkdoc.ratio_lines(res.ratios.bulk))
     print(f"wrote {doc}")
     return 0

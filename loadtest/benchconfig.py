@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+BULK_SWEEP_BATCH_SIZES = (8, 16, 32)
+"""``python -m loadtest bulk`` sweeps (a) over these, one round; ``make bench`` sweeps more."""
 
 
 @dataclass
@@ -53,22 +55,64 @@ class BenchConfig:
     max_rate: float | None = None
     """Cap on any offered rate (quick mode keeps the generator inside its own limits)."""
     service_env: dict[str, str] = field(default_factory=dict)
+    bulk: bool = True
+    """Run (g): ``captioner caption`` in process, ``--endpoint`` and on Ray (``loadtest.bulk``)."""
+    bulk_images: int = 1000
+    """Images (g) captions per run: the first N Flickr8k test images."""
+    bulk_rounds: int = 3
+    """Turns of (a) and the in-process command, and of the closed loop and each ``--endpoint``
+    concurrency; (g) compares medians."""
+    bulk_concurrencies: tuple[int, ...] = (16, 32)
+    """``--concurrency`` values tried with ``--endpoint``; the best median is reported."""
+    bulk_closed_concurrency: int = 32
+    """Clients of the saturated closed loop measured in turns with ``--endpoint``."""
+    bulk_ray: bool = True
+    """Run (g)'s Ray part (needs the ``ray`` extra)."""
+    bulk_ray_rounds: int = 2
+    """Turns of the in-process command and Ray at each batch size."""
+    bulk_ray_batch_sizes: tuple[int, ...] = (16, 64)
+    """``--batch-size`` values on Ray: the per-batch cost is their difference."""
+    bulk_ray_actors: str = "2:2"
+    """``--actors MIN:MAX`` on Ray, one CPU each."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BenchConfig:
         cfg = cls(bundle_dir=args.bundle, images=args.images, out_dir=args.out_dir)
         cfg.profile = not args.no_profile
         cfg.nice = args.nice
+        cfg.bulk, cfg.bulk_ray = not args.no_bulk, not args.no_ray
         if args.quick:
-            cfg.quick = True
-            cfg.offline_images, cfg.batch_sizes, cfg.offline_rounds = 16, (1, 4), 1
-            cfg.idle_s, cfg.step_s, cfg.level_s, cfg.fine_step_s = 1.5, 1.5, 1.5, 1.5
-            cfg.naive_images, cfg.max_rate, cfg.paired_rounds = 1, 120.0, 1
-            cfg.coarse_steps, cfg.fine_steps = 3, 0
+            cfg.quicken()
+        if args.bulk_images is not None:
+            cfg.bulk_images = args.bulk_images
         for item in args.service_env or []:
             key, _, value = item.partition("=")
             cfg.service_env[key] = value
         return cfg
+
+    @classmethod
+    def for_bulk(cls, args: argparse.Namespace) -> BenchConfig:
+        """``python -m loadtest bulk``: (g) alone, after a short sweep of (a)."""
+        cfg = cls(bundle_dir=args.bundle, images=args.image_dir, out_dir=args.out_dir)
+        cfg.nice, cfg.bulk_ray = args.nice, not args.no_ray
+        cfg.batch_sizes, cfg.offline_rounds = BULK_SWEEP_BATCH_SIZES, 1
+        if args.quick:
+            cfg.quicken()
+        if args.images is not None:
+            cfg.bulk_images = args.images
+        cfg.service_env = dict(item.partition("=")[::2] for item in args.service_env)
+        return cfg
+
+    def quicken(self) -> None:
+        """Every phase, briefly: a smoke test, not a measurement."""
+        self.quick = True
+        self.offline_images, self.batch_sizes, self.offline_rounds = 16, (1, 4), 1
+        self.idle_s, self.step_s, self.level_s, self.fine_step_s = 1.5, 1.5, 1.5, 1.5
+        self.naive_images, self.max_rate, self.paired_rounds = 1, 120.0, 1
+        self.coarse_steps, self.fine_steps = 3, 0
+        self.bulk_images, self.bulk_rounds, self.bulk_ray_rounds = 20, 1, 1
+        self.bulk_concurrencies, self.bulk_closed_concurrency = (8,), 8
+        self.bulk_ray_batch_sizes = (8,)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,9 +128,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="scheduling priority for the bench and its service (negative needs root; "
         "default -15 shields the figures from other processes on a shared machine)",
     )
+    p.add_argument("--no-bulk", action="store_true", help="skip (g), bulk captioning")
+    p.add_argument("--no-ray", action="store_true", help="skip (g)'s Ray runs")
+    p.add_argument("--bulk-images", type=int, help="images per run in (g) (default 1000)")
     p.add_argument(
         "--service-env",
         action="append",
         metavar="CAPTION_X=V",
         help="extra service settings for (b) and (c) (repeatable)",
     )
+
+
+def add_bulk_arguments(p: argparse.ArgumentParser) -> None:
+    """``python -m loadtest bulk``."""
+    p.add_argument("--bundle", type=Path, default=REPO_ROOT / "models" / "default")
+    p.add_argument("--image-dir", type=Path, default=None, help="default: Flickr8k test images")
+    p.add_argument("--images", type=int, default=None, help="images per run (default 1000)")
+    p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "runs" / "bulk")
+    p.add_argument("--quick", action="store_true", help="every part, briefly (smoke test)")
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray runs")
+    p.add_argument("--nice", type=int, default=-15, help="as for `bench` (negative needs root)")
+    p.add_argument("--service-env", action="append", metavar="CAPTION_X=V", default=[])

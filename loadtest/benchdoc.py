@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from loadtest import bulkdoc
 from loadtest.ceiling import OfflineResult, OfflineRow
 from loadtest.host import Priority
 from loadtest.profiling import Profile
@@ -112,7 +113,13 @@ def lines(results: BenchResults) -> list[str]:
         *_batch_lines(results.service),
         *_cpu_lines(results),
         *_profile_lines(results.service),
+        *_bulk_lines(results),
     ]
+
+
+def _bulk_lines(results: BenchResults) -> list[str]:
+    bulk, ratios = results.bulk, results.ratios.bulk
+    return bulkdoc.lines(bulk, ratios) if bulk is not None and ratios is not None else []
 
 
 def _header_lines(results: BenchResults) -> list[str]:

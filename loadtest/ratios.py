@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from loadtest.bulk import BulkResult
 from loadtest.ceiling import OfflineResult, OfflineRow
 from loadtest.naive import NaiveResult
 from loadtest.overload import REJECT_P99_TARGET_MS
@@ -17,7 +18,60 @@ TARGETS = {
     "b_over_d": (">=", 10.0),
     "p99_at_80_over_idle": ("<=", 3.0),
     "overload_503_p99_ms": ("<", REJECT_P99_TARGET_MS),
+    "g_cli_over_a": (">=", 0.9),
+    "g_endpoint_over_b": (">=", 0.8),
+    "g_rerun_share": ("<=", 0.05),
+    "g_ray_over_cli": (">=", 0.8),
 }
+
+
+@dataclass(frozen=True)
+class BulkRatios:
+    """(g): ``captioner caption`` against its references, medians of runs in turns."""
+
+    g_cli_over_a: float
+    """In process: the command's steady-state images/s (its summary: the job, after the model
+    loaded) / the offline pipeline at (a)'s best configuration on the same images."""
+    g_cli_wall_over_a: float
+    """The same with the command's whole wall time (model load included)."""
+    service_reference: float
+    service_reference_source: str
+    g_endpoint_over_b: float
+    """``--endpoint`` at its best ``--concurrency`` (summary images/s) / ``service_reference``:
+    (b)'s max sustained throughput in ``make bench``; alone, the closed loop's."""
+    g_endpoint_over_closed_loop: float
+    """The same / the load generator's saturated closed loop, measured in turns with it."""
+    g_rerun_share: float
+    """Wall time of a rerun over the finished output / the first run's."""
+    g_ray_over_cli: float | None
+    """Ray at its best batch size / the in-process command, whole wall times (both pay their
+    start-up), measured in turns; ``None``: not run."""
+    g_ray_steady_over_cli: float | None
+    """Ray past its fixed cost (``RayPart.steady_rate``) / the in-process job's images/s."""
+
+
+def bulk_ratios(bulk: BulkResult, service_max: float | None) -> BulkRatios:
+    """The ratios of (g); ``service_max`` is (b)'s max sustained throughput when the bench
+    measured it, else the closed loop of (g) is the service reference."""
+    proc, end, ray = bulk.in_process, bulk.endpoint, bulk.ray
+    endpoint = end.job_rate_medians[str(end.best_concurrency)]
+    if service_max:
+        reference, source = service_max, "(b) max sustained throughput"
+    else:
+        reference = end.closed_loop_median
+        source = f"saturated closed loop, {end.closed_loop_concurrency} clients, in turns"
+    ray_best = ray.wall_rate_medians[str(ray.best_batch_size)] if ray else None
+    return BulkRatios(
+        g_cli_over_a=proc.job_rate_median / proc.offline_median,
+        g_cli_wall_over_a=proc.wall_rate_median / proc.offline_median,
+        service_reference=reference,
+        service_reference_source=source,
+        g_endpoint_over_b=endpoint / reference,
+        g_endpoint_over_closed_loop=endpoint / end.closed_loop_median,
+        g_rerun_share=bulk.rerun.share,
+        g_ray_over_cli=_div(ray_best, ray.cli_wall_rate_median) if ray else None,
+        g_ray_steady_over_cli=_div(ray.steady_rate, ray.cli_job_rate_median) if ray else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -63,6 +117,8 @@ class Ratios:
     overload_errors: dict[str, int]
     deadline_ms: float
     overload_accepted_within_deadline: bool
+    bulk: BulkRatios | None = None
+    """(g); ``None``: not run."""
 
 
 def _div(a: float | None, b: float | None) -> float | None:
@@ -77,6 +133,7 @@ def ratios(
     service: ServiceRun,
     service_batch1: ServiceRun,
     naive: NaiveResult,
+    bulk: BulkResult | None = None,
 ) -> Ratios:
     a = a_sweep = offline.best.throughput
     b = b_ramp = service.capacity.max_sustained_throughput
@@ -120,6 +177,7 @@ def ratios(
         overload_errors=over.errors,
         deadline_ms=over.deadline_ms,
         overload_accepted_within_deadline=over.accepted_within_deadline,
+        bulk=bulk_ratios(bulk, b) if bulk is not None else None,
     )
 
 

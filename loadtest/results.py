@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from loadtest.benchconfig import BenchConfig
+from loadtest.bulk import BulkResult
 from loadtest.ceiling import OfflineResult
 from loadtest.host import Machine, Priority
 from loadtest.naive import NaiveResult
@@ -65,6 +66,8 @@ class BenchResults:
     cpu: CpuShare
     """The whole run."""
     priority: Priority
+    bulk: BulkResult | None = None
+    """(g); ``None``: not run (``--no-bulk``)."""
 
 
 def save(path: Path, results: BenchResults) -> Path:

@@ -46,9 +46,12 @@ def test_quick_bench_writes_the_report(
     assert set(results["service"]["levels"]) == {"0.5", "0.8", "1", "2"}
     assert results["naive"]["label"].startswith("ONNX fallback")  # the tiny bundle has no Keras
     assert results["service"]["overload"]["rejected_503_share"] >= 0
+    assert r["bulk"]["g_cli_over_a"] > 0 and results["bulk"]["images"] == 20  # (g), quick
+    assert "(b) max sustained" in r["bulk"]["service_reference_source"]
     doc = (tmp_path / "benchmarks.md").read_text()
     for heading in ("## Summary", "## Ratios and targets", "## Roofline (f)", "### batching (b)",
-                    "### Paired runs", "QUICK MODE", "benchmarks.png"):  # fmt: skip
+                    "### Paired runs", "QUICK MODE", "benchmarks.png",
+                    "## Bulk captioning (g)"):  # fmt: skip
         assert heading in doc
     assert (tmp_path / "benchmarks.png").read_bytes()[:4] == b"\x89PNG"
     # benchmarks.json reads back into the dataclasses the report was written from

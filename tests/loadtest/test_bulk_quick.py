@@ -41,7 +41,7 @@ def test_quick_bulk_writes_the_report(
     assert bulk.endpoint.rounds[0].runs["8"].done == 20
     assert bulk.rerun.endpoint_rerun is not None and bulk.rerun.endpoint_rerun.skipped == 20
     ray = bulk.ray
-    assert ray is not None and ray.fixed.done == 2 and ray.rounds[0].runs["8"].done == 20
+    assert ray is not None and ray.rounds[0].fixed.done == 2 and ray.rounds[0].runs["8"].done == 20
     assert ray.rounds[0].runs["8"].first_output_s is not None and ray.per_batch_s is None
     for name in TARGETS:
         if name.startswith("g_"):
