@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batch import storage
 from batch.engines import InProcessEngine
 from batch.job import Summary
 from batch.rows import COLUMNS, ErrorInfo, ModelInfo, Options, Row
-from batch.sources import IMAGE_PATTERNS, Item, read_item_bytes
+from batch.sources import IMAGE_PATTERNS, Item, read_item_bytes, uri_scheme
 from service.captioner import Captioner
 from service.errors import CaptionError
 from service.settings import Settings
@@ -270,13 +271,16 @@ def run_ray_job(
 def input_dataset(args: argparse.Namespace, items: Sequence[Item]) -> Any:
     """The job's inputs as (id, uri, is_url, read, has_data, data) rows, or None if none.
 
-    Folders (with the default patterns) are listed and read by ``read_binary_files``; every
-    other input goes in as its (id, uri) and is read or fetched by the actors."""
+    Folders (with the default patterns) are listed and read by ``read_binary_files``, manifests
+    by Ray's reader for their format; every other input goes in as its (id, uri) and is read or
+    fetched by the actors."""
     import ray.data
 
-    folders = [f for f in args.inputs if args.patterns is None and os.path.isdir(f)]
-    prefixes = tuple(os.path.join(f, "") for f in folders)
-    rest = [i for i in items if not i.id.startswith(prefixes)] if prefixes else list(items)
+    origins = {i.origin for i in items if i.origin}
+    folders = [f for f in origins if args.patterns is None and os.path.isdir(f)]
+    manifests = [m for m in origins if m not in folders and Path(m).suffix.lower() in READERS]
+    by_ray = set(folders) | set(manifests)
+    rest = [i for i in items if i.origin not in by_ray]
     parts = [
         ray.data.read_binary_files(
             os.path.abspath(folder), include_paths=True, file_extensions=list(IMAGE_EXTENSIONS)
@@ -285,15 +289,26 @@ def input_dataset(args: argparse.Namespace, items: Sequence[Item]) -> Any:
             fn_kwargs={"folder": folder, "root": os.path.abspath(folder)},
             batch_format="pyarrow",
         )
-        for folder in folders
+        for folder in sorted(folders)
     ]
+    for manifest in sorted(manifests):
+        suffix = Path(manifest).suffix.lower()
+        options: dict[str, Any] = {}
+        if suffix == ".csv":  # ids stay text, as written ("007" is not 7)
+            text = {"id": pa.string(), "uri": pa.string()}
+            options["convert_options"] = pacsv.ConvertOptions(column_types=text)
+        reader = getattr(ray.data, READERS[suffix])
+        parts.append(
+            reader(os.path.abspath(manifest), **options).map_batches(
+                manifest_records,
+                fn_kwargs={"cwd": os.getcwd()},
+                batch_format="pyarrow",
+                batch_size=args.batch_size,
+            )
+        )
     if rest:
         # local paths are read by workers whose working directory is not ours: pass them absolute
-        records = [
-            {"id": i.id, "uri": i.uri, "is_url": i.is_url, "read": _absolute(i),
-             "has_data": False, "data": b""}
-            for i in rest
-        ]  # fmt: skip
+        records = [_record(i.id, i.uri, os.getcwd()) for i in rest]
         table = pa.Table.from_pylist(records, INPUT_SCHEMA)
         step = max(1, args.batch_size)  # one block per batch: the actor pool gets them all
         parts.append(
@@ -302,6 +317,47 @@ def input_dataset(args: argparse.Namespace, items: Sequence[Item]) -> Any:
     if not parts:
         return None
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+READERS = {
+    ".csv": "read_csv",
+    ".jsonl": "read_json",
+    ".ndjson": "read_json",
+    ".parquet": "read_parquet",
+}
+"""Ray Data's reader for each manifest format (``uri`` column, optional ``id``)."""
+
+
+def manifest_records(batch: pa.Table, cwd: str) -> pa.Table:
+    """Manifest rows -> input rows: ``id`` as text (else the uri), paths relative to ``cwd``."""
+    uris = batch.column("uri").to_pylist()
+    ids = batch.column("id").to_pylist() if "id" in batch.column_names else [None] * len(uris)
+    records = [
+        _record(_id_text(item_id) or str(uri), str(uri), cwd)
+        for uri, item_id in zip(uris, ids, strict=True)
+    ]
+    return pa.Table.from_pylist(records, INPUT_SCHEMA)
+
+
+def _id_text(value: object) -> str | None:
+    """A manifest id as ``batch.sources`` reads it (whole numbers without a decimal point)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _record(item_id: str, uri: str, cwd: str) -> dict[str, Any]:
+    local = uri_scheme(uri) is None
+    return {
+        "id": item_id,
+        "uri": uri,
+        "is_url": uri_scheme(uri) in ("http", "https"),
+        "read": os.path.join(cwd, uri) if local else uri,
+        "has_data": False,
+        "data": b"",
+    }
 
 
 def folder_records(batch: pa.Table, folder: str, root: str) -> pa.Table:
@@ -348,10 +404,6 @@ def reconcile(
         table = pa.Table.from_pylist([row_record(r) for r in missing], SCHEMA)
         pq.write_table(table, path, filesystem=fs)
     return missing
-
-
-def _absolute(item: Item) -> str:
-    return item.uri if item.scheme is not None else os.path.abspath(item.uri)
 
 
 def _settings_dict(settings: Settings) -> dict[str, Any]:

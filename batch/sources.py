@@ -28,7 +28,7 @@ import stat
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -54,6 +54,8 @@ class Item:
     id: str
     uri: str  # a local path as written, or a URI
     is_url: bool  # http:// or https://
+    origin: str = field(default="", compare=False)
+    """The folder or manifest input that listed it ("" for an input named directly or listed)."""
 
     @property
     def scheme(self) -> str | None:
@@ -122,9 +124,9 @@ def _iter_one(text: str, patterns: Sequence[str], stdin: TextIO | None) -> Itera
     path = Path(text)
     suffix = path.suffix.lower()
     if path.is_dir():
-        yield from _walk(text, patterns)
+        yield from (replace(item, origin=text) for item in _walk(text, patterns))
     elif suffix in MANIFEST_SUFFIXES:
-        yield from _manifest(path)
+        yield from (replace(item, origin=text) for item in _manifest(path))
     elif suffix in LIST_SUFFIXES or (not _matches(path.name, patterns) and _is_text(path)):
         try:
             with path.open(encoding="utf-8-sig") as lines:

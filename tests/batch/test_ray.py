@@ -117,7 +117,7 @@ def test_a_new_run_never_overwrites_an_earlier_runs_shards(
 
 
 def test_a_folder_is_read_by_ray_and_gives_the_local_jobs_rows(
-    cluster: None, flickr8k_dir: Path, tmp_path: Path
+    cluster: None, flickr8k_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
@@ -126,7 +126,7 @@ def test_a_folder_is_read_by_ray_and_gives_the_local_jobs_rows(
         shutil.copy(image, folder / ("sub" if i % 3 else ".") / f"{i:02d}.JPG")
     (folder / "broken.jpg").write_bytes(sources[0].read_bytes()[:500])
     (folder / "notes.txt").write_text("not an image, not matched by the default patterns")
-    os.chdir(tmp_path)  # ids are the folder as given joined with the path below it
+    monkeypatch.chdir(tmp_path)  # ids are the folder as given joined with the path below it
     assert caption("photos", "--out", "ray-out", "--engine", "ray", "--actors", "1:2") == 0
     assert caption("photos", "--out", "local.jsonl") == 0
     local = by_id(
@@ -155,3 +155,28 @@ def test_inputs_without_a_row_get_one(tmp_path: Path) -> None:
         ("https://h/c.jpg", "not_processed"),
     ]
     assert {r.id for r in read_run_rows(str(tmp_path))} == {"b.jpg", "https://h/c.jpg"}
+
+
+def test_manifests_are_read_by_rays_readers_and_give_the_local_jobs_rows(
+    cluster: None, flickr8k_dir: Path, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = [str(p) for p in sorted((flickr8k_dir / "images").glob("*.jpg"))[20:29]]
+    (tmp_path / "a.csv").write_text(
+        "id,uri\n" + "".join(f"00{i},{u}\n" for i, u in enumerate(images[:3])) + "009,gone.jpg\n"
+    )
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"uri": u}) + "\n" for u in images[3:6]))
+    pq.write_table(pa.table({"uri": images[6:], "id": [70, 71, 72]}), tmp_path / "c.parquet")
+    manifests = [str(tmp_path / n) for n in ("a.csv", "b.jsonl", "c.parquet")]
+    assert caption(*manifests, "--out", str(tmp_path / "ray"), "--engine", "ray") == 0
+    assert caption(*manifests, "--out", str(tmp_path / "local.jsonl")) == 0
+    local_lines = (tmp_path / "local.jsonl").read_text().splitlines()
+    local = by_id([Row.from_dict(json.loads(line)) for line in local_lines])
+    merged = by_id(merge_runs(tmp_path / "ray"))
+    assert sorted(merged) == sorted(local) and {"000", "009", "70"} <= merged.keys()
+    assert {k: (r.status, r.caption, r.sha256) for k, r in merged.items()} == {
+        k: (r.status, r.caption, r.sha256) for k, r in local.items()
+    }
+    assert merged["009"].error is not None and merged["009"].error["code"] == "file_unreadable"
