@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve()
     try:
         return caption(args)
-    except (SourceError, StoreError, ValidationError, ValueError) as exc:
+    except (SourceError, StoreError, ValidationError, ValueError, RuntimeError) as exc:
         print(f"captioner: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

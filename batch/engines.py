@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from PIL import Image
-
-from batch.endpoint import EndpointEngine
 from batch.rows import ModelInfo, Options, ScoredCaption
-from service.captioner import Captioner
-from service.options import CaptionOptions
+from service.manifest import load_manifest
+from service.options import OptionRules
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from batch.endpoint import EndpointEngine
+    from service.captioner import Captioner
 
 
 @dataclass(frozen=True)
@@ -36,37 +37,49 @@ class Engine(Protocol):
     concurrency: int
     """Images worth keeping in flight to keep the engine busy."""
 
+    async def start(self) -> None:
+        """Get ready to caption (load the model); the job calls it once, when it first needs it."""
+        ...
+
     async def caption(self, data: bytes) -> Answer: ...
 
     async def close(self) -> None: ...
 
 
 class InProcessEngine:
-    """The ``Captioner`` core with its micro-batcher, on this machine's cores, no HTTP."""
+    """The ``Captioner`` core with its micro-batcher, on this machine's cores, no HTTP.
 
-    def __init__(self, captioner: Captioner, options: CaptionOptions) -> None:
-        self.captioner = captioner
-        self._options = options
-        ref = captioner.model_ref
-        self.model = ModelInfo(name=ref.name, version=ref.version)
-        self.options = Options(**options.as_dict())  # type: ignore[typeddict-item]
-        s = captioner.settings
+    The model and options are known from the bundle's manifest at once; the sessions open
+    (and warm up) in ``start``, only when an input needs captioning: a rerun over a finished
+    output loads no model."""
+
+    def __init__(self, settings: Settings, raw_options: dict[str, object]) -> None:
+        manifest = load_manifest(settings.bundle_dir)
+        self._settings = settings
+        self._options = OptionRules.for_bundle(settings, manifest).parse(raw_options)
+        self.model = ModelInfo(name=manifest.name, version=manifest.version)
+        self.options = Options(**self._options.as_dict())  # type: ignore[typeddict-item]
         # enough queued to fill every concurrent batch twice over, never more than the queue
-        self.concurrency = min(s.queue_size, 2 * s.max_batch_size * s.max_concurrent_batches)
+        self.concurrency = min(
+            settings.queue_size, 2 * settings.max_batch_size * settings.max_concurrent_batches
+        )
+        self._captioner: Captioner | None = None
 
-    @classmethod
-    async def start(cls, settings: Settings, raw_options: dict[str, object]) -> InProcessEngine:
-        captioner = Captioner.load(settings)
+    async def start(self) -> None:
+        from service.captioner import Captioner  # onnxruntime only once a caption is due
+
+        captioner = Captioner.load(self._settings)
         try:
-            options = captioner.rules.parse(raw_options)
-            await captioner.start()
+            await captioner.start(beam_size=self._options.beam_size)
         except BaseException:
             await captioner.close()
             raise
-        return cls(captioner, options)
+        self._captioner = captioner
 
     async def caption(self, data: bytes) -> Answer:
-        result = await self.captioner.caption(data, self._options)
+        if self._captioner is None:
+            raise RuntimeError("InProcessEngine.caption before start()")
+        result = await self._captioner.caption(data, self._options)
         t = result.timings
         return Answer(
             captions=[ScoredCaption(text=c.text, score=round(c.score, 6)) for c in result.captions],
@@ -82,7 +95,8 @@ class InProcessEngine:
         )
 
     async def close(self) -> None:
-        await self.captioner.close()
+        if self._captioner is not None:
+            await self._captioner.close()
 
 
 class RemoteEngine:
@@ -93,6 +107,9 @@ class RemoteEngine:
         self.model = ModelInfo(name=client.model_name, version=client.model_version)
         self.options = options
         self.concurrency = 2 * concurrency  # the client holds the rest back: reads stay ahead
+
+    async def start(self) -> None:
+        """Nothing to load: ``connect`` already found the service ready."""
 
     async def caption(self, data: bytes) -> Answer:
         answer = await self._client.caption(
@@ -115,6 +132,8 @@ class RemoteEngine:
 
 def image_size(data: bytes) -> tuple[int | None, int | None]:
     """Width and height from the image header (nothing decoded); None when unreadable."""
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size

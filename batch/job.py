@@ -26,7 +26,7 @@ from batch.sidecar import SidecarError, sidecar_path, write_xmp_sidecar
 from batch.sources import Item, read_item_bytes
 from batch.store import ResultStore
 from service.errors import CaptionError
-from service.urlfetch import FetchPolicy, build_client, fetch_image
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,20 @@ class Summary:
 Progress = Callable[[Summary], None]
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_hashed(item: Item, max_bytes: int) -> tuple[bytes, str]:
+    data = read_item_bytes(item, max_bytes)
+    return data, _sha256(data)
+
+
+class EngineFailed(RuntimeError):
+    """The engine cannot start (a damaged bundle, say): the job stops instead of failing every
+    input the same way."""
+
+
 @dataclass(frozen=True)
 class _Where:
     """A row names a local input by ``path``, anything else by ``uri``."""
@@ -115,7 +129,7 @@ class Job:
         config: JobConfig,
         engine: Engine,
         store: ResultStore,
-        fetch_policy: FetchPolicy,
+        settings: Settings,
         *,
         progress: Progress | None = None,
     ) -> None:
@@ -123,7 +137,9 @@ class Job:
         self.engine = engine
         self.store = store
         self.summary = Summary()
-        self._fetch_policy = fetch_policy
+        self._settings = settings
+        self._http: Any = None  # the URL client, made for the first URL input
+        self._engine_ready: asyncio.Task[None] | None = None
         self._progress = progress or (lambda summary: None)
         self._by_content: dict[str, asyncio.Future[Answer]] = {}
         self._sidecars: dict[Path, str] = {}  # sidecar -> the input it belongs to, this run
@@ -137,7 +153,7 @@ class Job:
         self.summary.inputs = len(items)
         slots = asyncio.Semaphore(self.engine.concurrency)
         tasks: set[asyncio.Task[None]] = set()
-        async with build_client(self._fetch_policy) as http:
+        try:
 
             def finished(task: asyncio.Task[None]) -> None:
                 tasks.discard(task)
@@ -150,23 +166,31 @@ class Job:
                 if stop.is_set():
                     slots.release()
                     break
-                task = asyncio.create_task(self._one(item, http))
+                task = asyncio.create_task(self._one(item))
                 tasks.add(task)
                 task.add_done_callback(finished)
             self.summary.interrupted = stop.is_set()
             if tasks:
-                await asyncio.gather(*tasks)
+                try:
+                    await asyncio.gather(*tasks)
+                except BaseException:  # stop the rest before the output is closed under them
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    raise
+        finally:
+            if self._http is not None:
+                await self._http.aclose()
         self.summary.seconds = time.perf_counter() - started
         return self.summary
 
-    async def _one(self, item: Item, http: Any) -> None:
+    async def _one(self, item: Item) -> None:
         started = time.perf_counter()
         local = item.scheme is None
         where = _Where(path=item.uri) if local else _Where(uri=item.uri)
         digest: str | None = None
         try:
-            data = await self._read(item, http)
-            digest = hashlib.sha256(data).hexdigest()
+            data, digest = await self._read(item)
             if self._answered(item.id, digest):
                 self.summary.skipped += 1
                 self._progress(self.summary)
@@ -185,6 +209,8 @@ class Job:
                 self._progress(self.summary)
                 return
             row = self._error_row(item, where, digest, ErrorInfo(code=exc.code, detail=exc.detail))
+        except EngineFailed:
+            raise  # no input can be captioned: the job stops (its output stays resumable)
         except Exception as exc:  # a bug must cost one row, not the job
             log.exception("input %s failed unexpectedly", item.id)
             row = self._error_row(
@@ -201,11 +227,18 @@ class Job:
         self.summary.latencies_s.append(time.perf_counter() - started)
         self._progress(self.summary)
 
-    async def _read(self, item: Item, http: Any) -> bytes:
+    async def _read(self, item: Item) -> tuple[bytes, str]:
+        """The item's bytes and their sha256 (hashed in a worker thread: hashlib lets go of the
+        GIL, so the hashes of a rerun spread over the cores)."""
         if item.is_url:
-            fetched = await fetch_image(item.uri, self._fetch_policy, http)
-            return fetched.data
-        return await asyncio.to_thread(read_item_bytes, item, self.config.max_bytes)
+            from service.urlfetch import FetchPolicy, build_client, fetch_image
+
+            policy = FetchPolicy.from_settings(self._settings)
+            if self._http is None:
+                self._http = build_client(policy)
+            fetched = await fetch_image(item.uri, policy, self._http)
+            return fetched.data, await asyncio.to_thread(_sha256, fetched.data)
+        return await asyncio.to_thread(_read_hashed, item, self.config.max_bytes)
 
     def _answered(self, item_id: str, digest: str | None) -> bool:
         """An earlier row answers this input: same bytes, model version and options."""
@@ -225,9 +258,23 @@ class Job:
         if shared is not None:
             self.summary.duplicates += 1
             return await asyncio.shield(shared)
-        future = asyncio.ensure_future(self.engine.caption(data))
+        # registered before the first await, so identical bytes arriving meanwhile join it
+        future = asyncio.ensure_future(self._caption_once(data))
         self._by_content[digest] = future
         return await asyncio.shield(future)
+
+    async def _caption_once(self, data: bytes) -> Answer:
+        await self._start_engine()
+        return await self.engine.caption(data)
+
+    async def _start_engine(self) -> None:
+        """Start the engine once, when the first input needs it (a rerun may need none)."""
+        if self._engine_ready is None:
+            self._engine_ready = asyncio.ensure_future(self.engine.start())
+        try:
+            await asyncio.shield(self._engine_ready)
+        except Exception as exc:
+            raise EngineFailed(f"the captioning engine could not start: {exc}") from exc
 
     def _ok_row(self, item: Item, where: _Where, digest: str, answer: Answer) -> Row:
         n_best = self.engine.options["num_captions"] > 1

@@ -122,9 +122,8 @@ class CaptionActor:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._settings = Settings(**settings)
-        self._engine: InProcessEngine = self._run(
-            InProcessEngine.start(self._settings, raw_options)
-        )
+        self._engine = InProcessEngine(self._settings, raw_options)
+        self._run(self._engine.start())  # once per actor: every batch reuses the model
         self._policy = FetchPolicy.from_settings(self._settings)
         self._done = done
 
@@ -243,7 +242,8 @@ def run_ray_job(
                 "done": frozenset(done),
             },
         )
-        captioned.write_parquet(run_dir)
+        # writing a shard is I/O: it must not wait for a CPU that the caption actors hold
+        captioned.write_parquet(run_dir, ray_remote_args={"num_cpus": 0})
     rows = read_run_rows(run_dir)
     rows += reconcile(run_dir, items, rows, earlier, model, options)
     summary = Summary(inputs=len(items), seconds=time.perf_counter() - started)

@@ -12,14 +12,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from batch.endpoint import EndpointEngine
 from batch.engines import Engine, InProcessEngine, RemoteEngine
 from batch.job import Job, JobConfig, Summary
 from batch.rows import Options
 from batch.sources import Item
 from batch.store import ResultStore
 from service.settings import Settings
-from service.urlfetch import FetchPolicy
 
 
 def job_settings(args: argparse.Namespace) -> Settings:
@@ -57,7 +55,9 @@ async def start_engine(
     args: argparse.Namespace, settings: Settings, raw_options: dict[str, object]
 ) -> Engine:
     if args.endpoint is None:
-        return await InProcessEngine.start(settings, raw_options)
+        return InProcessEngine(settings, raw_options)
+    from batch.endpoint import EndpointEngine
+
     client = await EndpointEngine.connect(
         args.endpoint, api_key=args.api_key, concurrency=args.concurrency
     )
@@ -110,7 +110,7 @@ async def run_local(
     bar = ProgressBar(len(items), quiet=args.quiet)
     try:
         with ResultStore.open(config.out, force=config.force) as store:
-            job = Job(config, engine, store, FetchPolicy.from_settings(settings), progress=bar)
+            job = Job(config, engine, store, settings, progress=bar)
             summary = await job.run(items, stop)
     finally:
         bar.close()

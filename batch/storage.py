@@ -9,12 +9,13 @@ code is tested here: no bucket is reachable from CI.
 from __future__ import annotations
 
 import os
-
-import pyarrow as pa
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING
 
 from batch.rows import FileUnreadable
 from service.errors import EmptyBody, PayloadTooLarge
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 STORAGE_SCHEMES = frozenset({"gs"})
 """URI schemes read as object storage (anything else but http(s) is refused as an input)."""
@@ -22,6 +23,8 @@ STORAGE_SCHEMES = frozenset({"gs"})
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem holding ``location`` (a local path or ``gs://...``) and the path in it."""
+    import pyarrow.fs as pafs  # imported when used: the local job's start-up stays short
+
     if "://" in location:
         fs, path = pafs.FileSystem.from_uri(location)
         return fs, path
@@ -30,6 +33,9 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
 
 def read_object(uri: str, max_bytes: int) -> bytes:
     """The bytes of a stored object, or the ``service.errors`` error naming what is wrong."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
     try:
         fs, path = filesystem(uri)
         info = fs.get_file_info(path)
@@ -61,6 +67,9 @@ def make_dir(location: str) -> None:
 
 def list_dirs(location: str, prefix: str) -> list[str]:
     """Sub-folders of ``location`` whose name starts with ``prefix``, as locations, sorted."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
     fs, path = filesystem(location)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
@@ -75,6 +84,8 @@ def list_dirs(location: str, prefix: str) -> list[str]:
 
 
 def list_files(location: str, suffix: str) -> list[str]:
+    import pyarrow.fs as pafs
+
     fs, path = filesystem(location)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File)

@@ -101,16 +101,7 @@ class Captioner:
         self.model = model
         self.metrics = metrics if metrics is not None else fresh_metrics()
         manifest = model.manifest
-        self.rules = OptionRules(
-            default_beam_size=settings.default_beam_size,
-            max_beam_size=settings.max_beam_size,
-            default_max_length=min(settings.default_max_length or model.max_steps, model.max_steps),
-            max_max_length=model.max_steps,
-            default_num_captions=settings.default_num_captions,
-            length_penalty=settings.length_penalty,
-            attention_maps=manifest.decoder.attention_output is not None,
-            model_label=f"model {manifest.name!r} ({manifest.decoder.architecture})",
-        )
+        self.rules = OptionRules.for_bundle(settings, manifest)
         self.preprocessor = Preprocessor(
             model.preprocessing,
             max_pixels=settings.max_image_pixels,
@@ -147,13 +138,15 @@ class Captioner:
         return self.model.manifest
 
     # --- life cycle ----
-    async def start(self, *, freeze: bool = False) -> None:
+    async def start(self, *, freeze: bool = False, beam_size: int | None = None) -> None:
         """Warm every batch-size bucket up (first runs allocate and plan), start the batcher.
 
+        ``beam_size`` is the widest beam to warm up for (default: the settings' default beam);
         ``freeze`` takes what start-up built out of the cyclic GC's reach (long-lived servers:
         full collections over the model stop every thread, see ``service.gc_freeze``)."""
         s = self.settings
-        await asyncio.to_thread(self.model.warm_up, s.warmup_sizes, beam_size=s.default_beam_size)
+        beam = beam_size or s.default_beam_size
+        await asyncio.to_thread(self.model.warm_up, s.warmup_sizes, beam_size=beam)
         self.batcher.start()
         if freeze:
             freeze_long_lived()

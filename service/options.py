@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.decoding import DecodeRequest
 from service.errors import InvalidOption
+
+if TYPE_CHECKING:
+    from service.manifest import Manifest
+    from service.settings import Settings
 
 OPTION_NAMES = ("beam_size", "max_length", "num_captions", "attention")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
@@ -60,6 +64,21 @@ class OptionRules:
     attention_maps: bool
     """The model's decoder returns attention weights (``attention=true`` is allowed)."""
     model_label: str = "the model"
+
+    @classmethod
+    def for_bundle(cls, settings: Settings, manifest: Manifest) -> OptionRules:
+        """The options a bundle allows under ``settings`` (known before its sessions open)."""
+        max_steps = manifest.decoder.max_length - 1
+        return cls(
+            default_beam_size=settings.default_beam_size,
+            max_beam_size=settings.max_beam_size,
+            default_max_length=min(settings.default_max_length or max_steps, max_steps),
+            max_max_length=max_steps,
+            default_num_captions=settings.default_num_captions,
+            length_penalty=settings.length_penalty,
+            attention_maps=manifest.decoder.attention_output is not None,
+            model_label=f"model {manifest.name!r} ({manifest.decoder.architecture})",
+        )
 
     def parse(self, *sources: Mapping[str, Any]) -> CaptionOptions:
         """Options named in ``sources`` (later sources win), validated; raises ``InvalidOption``."""
