@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import TextIO
 
 from batch.rows import FileUnreadable
-from batch.storage import STORAGE_SCHEMES, read_object
-from service.errors import EmptyBody, PayloadTooLarge, UrlForbidden
+from batch.storage import STORAGE_SCHEMES, checked_size, read_object
+from service.errors import PayloadTooLarge, UrlForbidden
 
 IMAGE_PATTERNS: tuple[str, ...] = tuple(
     f"*.{ext}" for ext in ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff", "avif")
@@ -278,8 +278,4 @@ def read_item_bytes(item: Item, max_bytes: int) -> bytes:
         raise FileUnreadable(f"{item.uri}: is a folder") from exc
     except OSError as exc:
         raise FileUnreadable(f"{item.uri}: {exc.strerror or exc}") from exc
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(f"{item.uri}: over {max_bytes} bytes")
-    if not data:
-        raise EmptyBody(f"{item.uri}: empty file")
-    return data
+    return checked_size(data, item.uri, max_bytes)

@@ -47,10 +47,15 @@ def read_object(uri: str, max_bytes: int) -> bytes:
             data: bytes = stream.read(max_bytes + 1)
     except (OSError, pa.ArrowException) as exc:
         raise FileUnreadable(f"{uri}: {exc}") from exc
+    return checked_size(data, uri, max_bytes)
+
+
+def checked_size(data: bytes, where: str, max_bytes: int) -> bytes:
+    """``data`` read with one byte to spare: refused when over ``max_bytes`` or empty."""
     if len(data) > max_bytes:
-        raise PayloadTooLarge(f"{uri}: over {max_bytes} bytes")
+        raise PayloadTooLarge(f"{where}: over {max_bytes} bytes")
     if not data:
-        raise EmptyBody(f"{uri}: empty object")
+        raise EmptyBody(f"{where}: empty")
     return data
 
 
