@@ -416,3 +416,15 @@ def test_py_spy_samples_summarise_into_a_profile_that_survives_json() -> None:
     assert profile.samples == 40 and profile.self_share[0] == ("Session.run (ort.py)", 0.75)
     assert ("run (a.py)", 1.0) in profile.inclusive
     assert from_dict(Profile, json.loads(json.dumps(asdict(profile)))) == profile
+
+
+def test_the_report_keeps_its_history_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loadtest import benchdoc
+
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# Benchmarks\n\nold run\n\n## History\n\n- a hand-kept line\n")
+    monkeypatch.setattr(benchdoc, "lines", lambda results: ["# Benchmarks", "", "new run"])
+    benchdoc.write(report, None)  # type: ignore[arg-type]
+    assert report.read_text() == "# Benchmarks\n\nnew run\n\n## History\n\n- a hand-kept line\n"
