@@ -24,6 +24,7 @@ from batch.engines import Answer, Engine
 from batch.rows import ErrorInfo, Row, resume_key
 from batch.sidecar import SidecarError, sidecar_path, write_xmp_sidecar
 from batch.sources import Item, read_item_bytes
+from batch.statindex import StatIndex, signature
 from batch.store import ResultStore
 from service.errors import CaptionError
 from service.settings import Settings
@@ -140,6 +141,9 @@ class Job:
         self._settings = settings
         self._http: Any = None  # the URL client, made for the first URL input
         self._engine_ready: asyncio.Task[None] | None = None
+        self._index = (
+            StatIndex.load(config.out) if not config.force else StatIndex.empty(config.out)
+        )
         self._progress = progress or (lambda summary: None)
         self._by_content: dict[str, asyncio.Future[Answer]] = {}
         self._sidecars: dict[Path, str] = {}  # sidecar -> the input it belongs to, this run
@@ -181,6 +185,7 @@ class Job:
         finally:
             if self._http is not None:
                 await self._http.aclose()
+            self._index.save()
         self.summary.seconds = time.perf_counter() - started
         return self.summary
 
@@ -190,7 +195,14 @@ class Job:
         where = _Where(path=item.uri) if local else _Where(uri=item.uri)
         digest: str | None = None
         try:
+            sig = signature(item.uri) if local else None  # before reading: a later change shows
+            known = self._index.known(item.id, sig)
+            if known is not None and self._answered(item.id, known):
+                self.summary.skipped += 1  # unchanged since hashed: not even read again
+                self._progress(self.summary)
+                return
             data, digest = await self._read(item)
+            self._index.record(item.id, sig, digest)
             if self._answered(item.id, digest):
                 self.summary.skipped += 1
                 self._progress(self.summary)

@@ -174,7 +174,8 @@ def test_output_format_follows_the_extension_with_n_best(
 
     assert run.returncode == 0, run.describe()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("results")) == [
-        out.name  # Parquet: the journal is gone once the file is written
+        out.name,  # Parquet: the journal is gone once the file is written
+        f"{out.name}.index.json",  # the inputs' (size, mtime) -> sha256 cache for reruns
     ]
     rows = by_id(read_rows(out))
     assert len(rows) == 4
