@@ -35,7 +35,6 @@ from batch.engines import InProcessEngine
 from batch.job import Summary
 from batch.rows import COLUMNS, ErrorInfo, ModelInfo, Options, Row
 from batch.sources import IMAGE_PATTERNS, Item, read_item_bytes, uri_scheme
-from service.captioner import Captioner
 from service.errors import CaptionError
 from service.settings import Settings
 from service.urlfetch import FetchPolicy, build_client, fetch_image
@@ -186,14 +185,10 @@ def parse_actors(text: str) -> tuple[int, int]:
 
 
 def resolve(settings: Settings, raw_options: dict[str, object]) -> tuple[ModelInfo, Options]:
-    """The model and the resolved options every actor will use (for the resume keys)."""
-    captioner = Captioner.load(settings)
-    try:
-        options = captioner.rules.parse(raw_options)
-        ref = captioner.model_ref
-    finally:
-        asyncio.run(captioner.close())
-    return ModelInfo(name=ref.name, version=ref.version), Options(**options.as_dict())  # type: ignore[typeddict-item]
+    """The model and the resolved options every actor will use (for the resume keys), from the
+    bundle's manifest: the driver opens no ONNX Runtime session."""
+    engine = InProcessEngine(settings, raw_options)
+    return engine.model, engine.options
 
 
 def run_ray_job(
