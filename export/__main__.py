@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     arg(
         "--evaluate",
         action="store_true",
-        help="after writing, score the bundle on the test split (beam search) and store the "
-        "metrics in manifest.json (with --quantize, the int8 encoder too: metrics.test_int8)",
+        help="after writing, score the bundle and store the metrics in manifest.json: the test "
+        "split with beam search (metrics.test) and greedy (metrics.test_greedy), the validation "
+        "images (metrics.val), and with --quantize the int8 encoder (metrics.test_int8)",
     )
     arg("--eval-beam-size", type=int, default=3, help="beam size for --evaluate (default: 3)")
     arg("--eval-limit", type=int, help="evaluate on the first N test images only (default: all)")
@@ -127,9 +128,11 @@ def evaluate(
     out: Path | None = None,
     *,
     int8: bool = False,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Score ``bundle`` (its int8 encoder with ``int8``) on the test split; keep its captions
-    and summary in ``out`` when given; return the manifest's record of it.
+    """Score ``bundle`` (its int8 encoder with ``int8``) on ``split``; keep its captions and
+    summary in ``out`` when given; return the manifest's record of it. Greedy (``beam_size``
+    1) ranks by raw log-probability (length penalty 0).
 
     The record holds split, metrics, BLEU-4 bootstrap interval, counts and settings, without
     the machine-specific data folder and timings, so it describes the bundle, not the machine.
@@ -138,14 +141,22 @@ def evaluate(
     from training.evaluate import evaluate as evaluate_bundle
 
     options = EvalOptions(
-        bundle=bundle, data_dir=data_dir, beam_size=beam_size, limit=limit, int8=int8
+        bundle=bundle,
+        split=split,
+        data_dir=data_dir,
+        beam_size=beam_size,
+        length_penalty=0.7 if beam_size > 1 else 0.0,
+        limit=limit,
+        int8=int8,
     )
     result = evaluate_bundle(options)
     if out is not None:
         result.write(out)
     summary = result.summary()  # the JSON form summary.json holds
     del summary["settings"]["data_dir"]
-    return {k: summary[k] for k in ("split", "metrics", "bleu_4_ci", "counts", "settings")}
+    return {
+        k: summary[k] for k in ("split", "metrics", "bleu_4_ci", "counts", "habits", "settings")
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,14 +194,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info("wrote bundle %s", bundle)
     if args.evaluate:
-        evaluations = {"test": (args.eval_out, False)}
+
+        def below(name: str) -> Path | None:
+            return None if args.eval_out is None else args.eval_out / name
+
+        beam = args.eval_beam_size
+        evaluations = {
+            "test": (args.eval_out, False, "test", beam),
+            "test_greedy": (below("greedy"), False, "test", 1),
+            "val": (below("val"), False, "val", beam),
+        }
         if options.quantize:  # the int8 encoder too
-            int8_out = None if args.eval_out is None else args.eval_out / "int8"
-            evaluations["test_int8"] = (int8_out, True)
-        for key, (eval_out, int8) in evaluations.items():
+            evaluations["test_int8"] = (below("int8"), True, "test", beam)
+        for key, (eval_out, int8, split, beam_size) in evaluations.items():
             try:
                 record = evaluate(
-                    bundle, data_dir, args.eval_beam_size, args.eval_limit, eval_out, int8=int8
+                    bundle,
+                    data_dir,
+                    beam_size,
+                    args.eval_limit,
+                    eval_out,
+                    int8=int8,
+                    split=split,
                 )
             except (BundleError, ProviderUnavailable, FileNotFoundError, ValueError) as exc:
                 print(f"error: evaluation ({key}) failed: {exc}", file=sys.stderr)

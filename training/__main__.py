@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_flags(train_parser)
     commands.add_parser(
+        "scst",
+        add_help=False,
+        help="fine-tune an attention run for CIDEr-D (see python -m training scst --help)",
+    )
+    commands.add_parser(
         "evaluate",
         add_help=False,
         help="score a run or bundle (see python -m training evaluate --help)",
@@ -83,11 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args_list[:1] == ["evaluate"]:
+    if args_list[:1] in (["evaluate"], ["scst"]):
         import importlib
 
-        evaluate = importlib.import_module("training.evaluate")  # helper module, loaded lazily
-        result: int = evaluate.main(args_list[1:])
+        # helper modules, loaded lazily
+        command = importlib.import_module(f"training.{args_list[0]}")
+        result: int = command.main(args_list[1:])
         return result
     args = build_parser().parse_args(args_list)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}

@@ -10,7 +10,9 @@ the cleaned references (``training.data``) with ``training.scoring``.
 ``Evaluation.write(DIR)``, which the command line calls, writes:
 
 * ``DIR/captions.jsonl``: one ``{"image", "caption", "score", "references"}`` per line;
-* ``DIR/summary.json``: metrics, a bootstrap 95% interval on BLEU-4, settings, counts, timing.
+* ``DIR/summary.json``: metrics, a bootstrap 95% interval on BLEU-4, the captions' habits
+  (``training.caption_habits``: repeated bigrams, dangling endings, diversity, length, gender
+  words against the references), settings, counts, timing.
 
 ``--split val`` scores the validation images that training holds out from the end of the official
 train list (``training.data.train_val_split``, ``--val-size`` must match the run's ``val_size``).
@@ -32,6 +34,7 @@ from tqdm import tqdm
 
 from service.manifest import BundleError
 from service.model import CaptionModel, Provider, ProviderUnavailable
+from training.caption_habits import caption_habits
 from training.data import image_dir, load_captions, load_split, train_val_split
 from training.paths import REPO_ROOT, default_data_dir
 from training.scoring import (
@@ -147,6 +150,7 @@ class Evaluation:
     counts: Counts
     timing: Timing
     captions: list[Captioned]
+    habits: dict[str, float | int | None]  # CaptionHabits.to_dict() of the captions
 
     def summary(self) -> dict[str, Any]:
         """The contents of ``summary.json``."""
@@ -160,6 +164,7 @@ class Evaluation:
             "comparison": None if self.comparison is None else asdict(self.comparison),
             "settings": asdict(self.settings),
             "counts": asdict(self.counts),
+            "habits": dict(self.habits),
             "timing": asdict(self.timing),
         }
 
@@ -427,6 +432,7 @@ def evaluate(options: EvalOptions) -> Evaluation:
             Captioned(image=name, caption=text, score=score, references=references[name])
             for name, (text, score) in zip(names, captions, strict=True)
         ],
+        habits=caption_habits(hypotheses, references).to_dict(),
     )
 
 
@@ -447,6 +453,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result.counts.images} images, {args.split}, beam {args.beam_size}: "
         f"BLEU-4 {metrics['bleu_4']:.4f}{interval} METEOR {metrics['meteor']:.4f} "
         f"ROUGE-L {metrics['rouge_l']:.4f} CIDEr {metrics['cider']:.4f} -> {args.out}"
+    )
+    habits = result.habits
+    print(
+        f"repeated bigram {habits['repeated_bigram']:.3f}, dangling end "
+        f"{habits['dangling_end']:.3f}, distinct {habits['distinct']:.3f}, mean length "
+        f"{habits['mean_length']:.2f}, gender error {habits['gender_error']}"
     )
     if result.comparison:
         c = result.comparison

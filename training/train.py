@@ -52,6 +52,7 @@ from training.model import (
     build_training_model,
 )
 from training.plots import plot_history
+from training.teacher import SoftTargets, distillation_targets
 from training.vocab import build_vocabulary, encode_captions
 
 log = logging.getLogger("training.train")
@@ -96,6 +97,10 @@ class TrainConfig:
     cell: str = "lstm"  # attention decoder's recurrent cell: "lstm" or "gru"
     attention_dim: int = 256  # attention decoder: hidden size of the additive attention
     coverage: float = 0.0  # attention decoder: doubly stochastic attention penalty weight (0: off)
+    teacher: str | None = None  # bundle to distil (word level: its top-k next-word distribution)
+    kd_weight: float = 0.5  # with --teacher: the loss's share that follows the teacher (rest: CE)
+    kd_top_k: int = 8  # with --teacher: teacher words kept per position (cached compactly)
+    teacher_captions: bool = False  # with --teacher: its beam caption per train image as a target
 
     def __post_init__(self) -> None:
         choices = {
@@ -112,6 +117,12 @@ class TrainConfig:
             raise ValueError("--glove needs embed_dim 50 (GloVe-6B-50d vectors)")
         if self.limit is not None and self.limit < 2:
             raise ValueError("limit must be at least 2 images (train and validation)")
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise ValueError(f"kd_weight must be in [0, 1], got {self.kd_weight}")
+        if self.kd_top_k < 1:
+            raise ValueError(f"kd_top_k must be >= 1, got {self.kd_top_k}")
+        if self.teacher_captions and not self.teacher:
+            raise ValueError("--teacher-captions needs --teacher")
 
     @property
     def embedding_size(self) -> int:
@@ -136,6 +147,8 @@ class Prepared:
     val: tuple[np.ndarray, np.ndarray]
     encoder: dict[str, Any]  # name, weights, feature_dim, preprocessing... ("encoder_info")
     counts: dict[str, int]
+    soft: SoftTargets | None = None  # the teacher's top-k targets of the train examples
+    names: list[str] = field(default_factory=list)  # image of each features row
 
 
 def prepare(cfg: TrainConfig, run_dir: Path) -> Prepared:
@@ -172,6 +185,21 @@ def prepare(cfg: TrainConfig, run_dir: Path) -> Prepared:
         return np.asarray(rows, np.int32), encode_captions(vocab, texts, cfg.max_length)
 
     train, val = examples(train_images, 0), examples(val_images, len(train_images))
+    soft = None
+    if cfg.teacher:
+        targets = distillation_targets(
+            Path(cfg.teacher),
+            vocab.tokens,
+            [image_dir(data_dir) / name for name in train_images],
+            train,
+            top_k=cfg.kd_top_k,
+            with_captions=cfg.teacher_captions,
+            cache_dir=paths.default_cache_dir(cfg.cache_dir),
+        )
+        if targets.captions is not None:  # one more reference per train image
+            rows = np.arange(len(train_images), dtype=np.int32)
+            train = (np.concatenate([train[0], rows]), np.concatenate([train[1], targets.captions]))
+        soft = targets.train
     encoder = {
         "name": info.name,
         "weights": cfg.weights,
@@ -187,7 +215,7 @@ def prepare(cfg: TrainConfig, run_dir: Path) -> Prepared:
         "train_captions": len(train[0]),
         "val_captions": len(val[0]),
     }
-    return Prepared(len(vocab), features, train, val, encoder, counts)
+    return Prepared(len(vocab), features, train, val, encoder, counts, soft, images)
 
 
 def make_dataset(
@@ -196,11 +224,25 @@ def make_dataset(
     batch_size: int,
     epochs: range,
     seed: int | None,
+    soft: SoftTargets | None = None,
+    top_k: int = 0,
 ) -> tf.data.Dataset:
     """Batches for ``epochs`` back to back; epoch ``e`` is shuffled by ``(seed, e)`` (or not at
-    all when ``seed`` is None). Each batch is cut to its longest caption."""
+    all when ``seed`` is None). Each batch is cut to its longest caption.
+
+    With ``top_k`` > 0 the targets are packed for ``DistilledCrossEntropy``: (B, T, 1 + 2k) =
+    [target id, the teacher's k word ids, their k probabilities], the teacher part from ``soft``
+    (zeros without it: validation is scored against the references only)."""
     feats, rows, tokens = tf.constant(features), tf.constant(examples[0]), tf.constant(examples[1])
     n = len(examples[0])
+    if soft is not None:
+        if soft.ids.shape[:2] != (n, examples[1].shape[1] - 1) or soft.top_k != top_k:
+            raise ValueError("soft targets do not match the examples")
+        teacher = tf.constant(
+            np.concatenate([soft.ids.astype(np.float32), soft.probs.astype(np.float32)], -1)
+        )
+    else:
+        teacher = tf.zeros((n, examples[1].shape[1] - 1, 2 * top_k), tf.float32)
 
     def epoch_ids(epoch: tf.Tensor) -> tf.data.Dataset:
         ids = tf.range(n)
@@ -215,7 +257,11 @@ def make_dataset(
         seq = seq[:, :longest]
         targets = seq[:, 1:]
         inputs = {"image_features": tf.gather(feats, tf.gather(rows, ids)), "tokens": seq[:, :-1]}
-        return inputs, targets, tf.cast(targets != 0, tf.float32)
+        weights = tf.cast(targets != 0, tf.float32)
+        if top_k:
+            packed = tf.gather(teacher, ids)[:, : longest - 1]
+            targets = tf.concat([tf.cast(targets, tf.float32)[..., None], packed], -1)
+        return inputs, targets, weights
 
     batches = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_ids)
     known = batches.apply(
@@ -250,8 +296,37 @@ class MaskedCrossEntropy(keras.losses.Loss):  # type: ignore[misc]
         return _token_losses(y_true, y_pred, self.label_smoothing)
 
 
+class DistilledCrossEntropy(keras.losses.Loss):  # type: ignore[misc]
+    """Knowledge distillation (Hinton et al. 2015, word level): per token,
+    ``(1 - w) * CE(reference) + w * CE(teacher's top-k distribution, renormalised)``, averaged
+    over real tokens. The second term is the KL divergence to the teacher up to a constant; a
+    position without teacher mass (validation) keeps only the first. Targets are packed by
+    ``make_dataset`` as [target id, k teacher ids, k probabilities]."""
+
+    def __init__(
+        self, label_smoothing: float, kd_weight: float, top_k: int, name: str = "distilled_ce"
+    ) -> None:
+        super().__init__(name=name, reduction="mean_with_sample_weight")
+        self.label_smoothing, self.kd_weight, self.top_k = label_smoothing, kd_weight, top_k
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        ops = keras.ops
+        ce = _token_losses(y_true[..., 0], y_pred, self.label_smoothing)
+        logprobs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        ids = ops.cast(y_true[..., 1 : 1 + self.top_k], "int32")
+        probs = y_true[..., 1 + self.top_k :]
+        mass = ops.sum(probs, axis=-1, keepdims=True)
+        probs = probs / ops.maximum(mass, 1e-6)
+        kd = -ops.sum(probs * ops.take_along_axis(logprobs, ids, axis=-1), axis=-1)
+        weight = self.kd_weight * ops.cast(ops.squeeze(mass, -1) > 0, "float32")
+        return (1.0 - weight) * ce + weight * kd
+
+
 def token_ce(y_true: Any, y_pred: Any) -> Any:
-    """Unsmoothed per-token cross-entropy: the figure early stopping and the plots use."""
+    """Unsmoothed per-token cross-entropy against the reference: the figure early stopping and
+    the plots use (reads the target id out of packed distillation targets)."""
+    if len(y_true.shape) == len(y_pred.shape):
+        y_true = y_true[..., 0]
     return _token_losses(y_true, y_pred, 0.0)
 
 
@@ -505,9 +580,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Pat
             lr: float | keras.optimizers.schedules.LearningRateSchedule = cfg.lr
             if cfg.lr_schedule == "cosine":
                 lr = keras.optimizers.schedules.CosineDecay(cfg.lr, cfg.epochs * steps, alpha=0.05)
+            loss: keras.losses.Loss = MaskedCrossEntropy(cfg.label_smoothing)
+            if cfg.teacher:
+                loss = DistilledCrossEntropy(cfg.label_smoothing, cfg.kd_weight, cfg.kd_top_k)
             model.compile(
                 optimizer=keras.optimizers.Adam(lr),
-                loss=MaskedCrossEntropy(cfg.label_smoothing),
+                loss=loss,
                 weighted_metrics=[keras.metrics.MeanMetricWrapper(token_ce, name="ce")],
             )
             state = RunState(lr=cfg.lr)
@@ -524,9 +602,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Pat
             log.info("run already finished (epoch %d)", state.epoch)
             return run_dir
         epochs = range(state.epoch, cfg.epochs)
+        top_k = cfg.kd_top_k if cfg.teacher else 0
         model.fit(
-            make_dataset(data.features, data.train, cfg.batch_size, epochs, cfg.seed),
-            validation_data=make_dataset(data.features, data.val, cfg.batch_size, range(1), None),
+            make_dataset(
+                data.features, data.train, cfg.batch_size, epochs, cfg.seed, data.soft, top_k
+            ),
+            validation_data=make_dataset(
+                data.features, data.val, cfg.batch_size, range(1), None, None, top_k
+            ),
             epochs=cfg.epochs,
             initial_epoch=state.epoch,
             steps_per_epoch=steps,

@@ -80,6 +80,15 @@ def test_evaluation_metrics_are_stored_in_the_manifest(exported: Path) -> None:
     int8 = load_manifest(exported).metrics["test_int8"]
     assert int8["settings"]["int8"] is True and int8["counts"]["images"] == 8
     assert (exported.parent / "eval" / "int8" / "captions.jsonl").is_file()
+    greedy, val = (
+        load_manifest(exported).metrics["test_greedy"],
+        load_manifest(exported).metrics["val"],
+    )
+    assert greedy["settings"]["beam_size"] == 1 and greedy["settings"]["length_penalty"] == 0.0
+    assert val["split"] == "val" and val["counts"]["images"] == 8
+    # the repetition and diversity figures travel with the scores
+    for key in ("repeated_bigram", "dangling_end", "distinct", "mean_length", "gender_error"):
+        assert key in test["habits"], key
 
 
 def test_parity_holds_on_the_real_encoder(exported: Path) -> None:

@@ -1,0 +1,441 @@
+"""Self-critical sequence training (Rennie et al. 2017): fine-tune an attention run for CIDEr-D.
+
+``python -m training scst --from RUN --run-dir OUT``. Each step takes ``batch_images`` train
+images (their cached grid features, as in training), samples ``samples`` captions per image from
+the decoder, decodes one greedy caption per image as the baseline, and follows the policy
+gradient ``-(CIDEr-D(sample) - CIDEr-D(greedy)) * log p(sample)``. A sample is rewarded only for
+beating what the model would say anyway, so no learned baseline is needed. CIDEr-D's document
+frequencies come from the train references only (``training.cider``).
+
+Dropout is off in both the sampling and the gradient pass: the sampled caption is the one whose
+probability the gradient changes, and the run is a pure function of its inputs and seeds.
+
+Every ``eval_every`` steps the greedy captions of the validation images are scored (CIDEr-D with
+the train frequencies, plus ``training.caption_habits``: repeated bigrams, dangling endings,
+diversity, length, gender words), the best weights by that CIDEr-D are kept as
+``best.weights.h5``, and an atomic checkpoint is written (``checkpoints/step-NNNNNN``: weights,
+optimizer, ``state.json`` last). The images of epoch ``e`` come in an order fixed by ``(seed,
+e)`` and the samples of step ``s`` by ``(seed, s)``, so ``--resume`` after SIGKILL replays the
+interrupted steps exactly.
+
+The output folder is a run folder (``config.json``, ``vocab.json``, ``best.weights.h5``,
+``history.json`` of the cross-entropy run it started from) that ``python -m export`` reads, plus
+``scst.json`` (config, reward and validation history) and ``scst_curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from service.vocabulary import Vocabulary
+from training import paths
+from training.attention import ATTENTION_RNN, EMBEDDING, GRID_DENSE, LOGITS, AttentionConfig
+from training.attention import build_training_model as build_attention_model
+from training.caption_habits import caption_habits
+from training.cider import CiderD
+from training.data import load_captions
+from training.model import BEST_WEIGHTS_FILE, CONFIG_FILE, VOCAB_FILE
+from training.train import HISTORY_FILE, TrainConfig, prepare
+
+log = logging.getLogger("training.scst")
+
+SCST_FILE = "scst.json"
+CURVES_FILE = "scst_curves.png"
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "state.json"
+
+
+@dataclass
+class ScstConfig:
+    run_dir: str = "runs/scst"  # output run folder (exportable)
+    init_run: str = "runs/default"  # the attention run to start from (its best weights)
+    data_dir: str | None = None  # Flickr8k folder; default $CAPTION_DATA_DIR or ../shared/data/...
+    cache_dir: str | None = None  # feature cache; default $CAPTION_CACHE_DIR or <repo>/cache
+    epochs: int = 3  # passes over the train images
+    max_steps: int | None = None  # stop after this many steps in all (tests, smoke runs)
+    batch_images: int = 16  # images per step
+    samples: int = 5  # sampled captions per image
+    lr: float = 5e-5  # Adam learning rate
+    eval_every: int = 50  # steps between validation scores, best-weight checks and checkpoints
+    seed: int = 42  # image order per epoch and the samples of each step
+    limit: int | None = None  # use only the first N official train images (tests)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScstConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class ScstState:
+    """Where a run stands; a checkpoint's ``state.json``."""
+
+    step: int = 0  # steps finished
+    best_step: int = 0  # the validation point with the highest CIDEr-D (0: the start)
+    best_cider: float = -math.inf
+    steps: list[dict[str, float]] = field(default_factory=list)  # per step: rewards, loss
+    validation: list[dict[str, Any]] = field(default_factory=list)  # per eval point
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScstState:
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------------- decoding
+
+
+class Decoder:
+    """Sampling and greedy decoding with the training model's own layers (dropout off)."""
+
+    def __init__(self, model: keras.Model, max_length: int, start_id: int, end_id: int) -> None:
+        self.model, self.steps = model, max_length - 1
+        self.start_id, self.end_id = start_id, end_id
+        self._grid = model.get_layer(GRID_DENSE)
+        self._embedding = model.get_layer(EMBEDDING)
+        self._core = model.get_layer(ATTENTION_RNN)
+        self._logits = model.get_layer(LOGITS)
+        self._decode = tf.function(self._run, reduce_retracing=True)
+
+    def _run(self, grid: tf.Tensor, repeats: int, seed: tf.Tensor, greedy: bool) -> tf.Tensor:
+        values = tf.repeat(self._grid(grid), repeats, axis=0)
+        keys = self._core.key_dense(values)
+        rows = tf.shape(values)[0]
+        zeros = tf.zeros((rows, self._core.units))
+        states = [zeros] * self._core.n_states
+        token = tf.fill((rows,), self.start_id)
+        done = tf.zeros((rows,), tf.bool)
+        out = []
+        for t in range(self.steps):
+            word = self._embedding(token)
+            context, _ = self._core.attend(states[0], values, keys)
+            h, states = self._core.advance(word, context, states)
+            logits = self._logits(tf.concat([h, context, word], -1))
+            if greedy:
+                token = tf.argmax(logits, -1, output_type=tf.int32)
+            else:
+                pair = tf.stack([seed[0], seed[1] * 64 + t])
+                token = tf.random.stateless_categorical(logits, 1, pair, tf.int32)[:, 0]
+            token = tf.where(done, 0, token)  # padding after <end>
+            out.append(token)
+            done = done | tf.equal(token, self.end_id)
+        return tf.stack(out, 1)
+
+    def sample(
+        self, grid: NDArray[np.float32], samples: int, seed: tuple[int, int]
+    ) -> NDArray[np.int32]:
+        """(B * samples, steps) sampled ids, image-major, 0 after ``<end>``."""
+        out = self._decode(tf.constant(grid), samples, tf.constant(seed, tf.int64), False)
+        return np.asarray(out)
+
+    def greedy(self, grid: NDArray[np.float32]) -> NDArray[np.int32]:
+        out = self._decode(tf.constant(grid), 1, tf.constant((0, 0), tf.int64), True)
+        return np.asarray(out)
+
+
+def words(vocab: Vocabulary, ids: NDArray[np.int32]) -> list[list[str]]:
+    """Each row's words up to ``<end>`` (the text a user would see)."""
+    return [vocab.decode([int(i) for i in row]).split() for row in ids]
+
+
+# ----------------------------------------------------------------------------------- loss
+
+
+def policy_loss(
+    model: keras.Model,
+    grid: tf.Tensor,
+    sampled: tf.Tensor,
+    advantage: tf.Tensor,
+    start_id: int,
+) -> tf.Tensor:
+    """``-mean_rows(advantage * log p(sampled row))``: each sampled token up to and including
+    ``<end>`` counts; rows are image-major over ``grid`` (``len(sampled) / len(grid)`` each)."""
+    rows = tf.shape(sampled)[0]
+    inputs = tf.concat([tf.fill((rows, 1), start_id), sampled[:, :-1]], 1)
+    features = tf.repeat(grid, rows // tf.shape(grid)[0], axis=0)
+    logits = model({"image_features": features, "tokens": inputs}, training=False)
+    logprobs = tf.nn.log_softmax(tf.cast(logits, tf.float32), -1)
+    picked = tf.gather(logprobs, sampled, batch_dims=2)
+    mask = tf.cast(sampled != 0, tf.float32)
+    sequence = tf.reduce_sum(picked * mask, 1)
+    return -tf.reduce_mean(advantage * sequence)
+
+
+# ----------------------------------------------------------------------------------- run
+
+
+@dataclass
+class _Data:
+    vocab: Vocabulary
+    train_grid: NDArray[np.float32]
+    val_grid: NDArray[np.float32]
+    train_refs: list[list[list[str]]]
+    val_refs: dict[str, list[str]]
+    val_names: list[str]
+
+
+def _load_data(cfg: ScstConfig, source: TrainConfig, scratch: Path) -> _Data:
+    limit = cfg.limit if cfg.limit is not None else source.limit
+    base = asdict(source) | {"teacher": None, "teacher_captions": False, "limit": limit}
+    base |= {"data_dir": cfg.data_dir, "cache_dir": cfg.cache_dir, "run_dir": str(scratch)}
+    prepared = prepare(TrainConfig(**base), scratch)
+    vocab = Vocabulary.load(Path(cfg.init_run) / VOCAB_FILE)
+    captions = load_captions(paths.default_data_dir(cfg.data_dir))
+    names = prepared.names
+    n_train = prepared.counts["train_images"]
+    refs = [[c.split() for c in captions[n]] for n in names[:n_train]]
+    val_names = names[n_train:]
+    return _Data(
+        vocab,
+        prepared.features[:n_train],
+        prepared.features[n_train:],
+        refs,
+        {n: captions[n] for n in val_names},
+        val_names,
+    )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _latest(run_dir: Path) -> Path | None:
+    done = sorted((run_dir / CHECKPOINTS).glob(f"step-[0-9]*/{STATE_FILE}"))
+    return done[-1].parent if done else None
+
+
+class Trainer:
+    """One SCST run: data, model, optimizer, and the step / validate / checkpoint loop."""
+
+    def __init__(self, cfg: ScstConfig, *, resume: bool) -> None:
+        self.cfg, self.run_dir = cfg, Path(cfg.run_dir)
+        source_dir = Path(cfg.init_run)
+        saved = json.loads((source_dir / CONFIG_FILE).read_text())
+        self.source = TrainConfig.from_saved({**saved, "run_dir": str(source_dir)})
+        if self.source.decoder != "attention":
+            raise ValueError(f"{source_dir} is not an attention run: SCST needs its grid decoder")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in (CONFIG_FILE, VOCAB_FILE, HISTORY_FILE):
+            if (source_dir / name).exists():
+                shutil.copy2(source_dir / name, self.run_dir / name)
+        config = json.loads((self.run_dir / CONFIG_FILE).read_text())
+        _write_json(self.run_dir / CONFIG_FILE, {**config, "scst": asdict(cfg)})
+
+        with tempfile.TemporaryDirectory() as scratch:  # prepare() writes a vocabulary
+            self.data = _load_data(cfg, self.source, Path(scratch))
+        self.cider = CiderD(self.data.train_refs)
+        self.model = build_attention_model(AttentionConfig.from_dict(saved["model"]))
+        self.model.load_weights(source_dir / BEST_WEIGHTS_FILE)
+        self.optimizer = keras.optimizers.Adam(cfg.lr)
+        self.optimizer.build(self.model.trainable_variables)
+        vocab = self.data.vocab
+        self.decoder = Decoder(self.model, self.source.max_length, vocab.start_id, vocab.end_id)
+        self.state = ScstState()
+        ckpt = _latest(self.run_dir) if resume else None
+        if ckpt is not None:
+            self._restore(ckpt)
+            log.info("resuming from step %d (checkpoint %s)", self.state.step, ckpt.name)
+        elif resume:
+            log.info("resume: no complete checkpoint yet, starting at step 0")
+        self._train_step = tf.function(self._gradient_step, reduce_retracing=True)
+
+    # ---------------------------------------------------------------- schedule
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.train_grid) / self.cfg.batch_images)
+
+    @property
+    def total_steps(self) -> int:
+        total = self.cfg.epochs * self.steps_per_epoch
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps is not None else total
+
+    def batch_of(self, step: int) -> NDArray[np.int64]:
+        """The train images of ``step``: epoch ``e``'s order is a function of (seed, e)."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.data.train_grid))
+        size = self.cfg.batch_images
+        return order[index * size : (index + 1) * size]
+
+    # ---------------------------------------------------------------- one step
+
+    def _gradient_step(
+        self, grid: tf.Tensor, sampled: tf.Tensor, advantage: tf.Tensor
+    ) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            loss = policy_loss(self.model, grid, sampled, advantage, self.data.vocab.start_id)
+        variables = self.model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return loss
+
+    def step(self, step: int) -> dict[str, float]:
+        images = self.batch_of(step)
+        grid = self.data.train_grid[images]
+        k = self.cfg.samples
+        sampled = self.decoder.sample(grid, k, (self.cfg.seed, step))
+        greedy = self.decoder.greedy(grid)
+        rows = np.repeat(images, k)
+        sample_reward = self.cider.score_batch(words(self.data.vocab, sampled), rows.tolist())
+        greedy_reward = self.cider.score_batch(words(self.data.vocab, greedy), images.tolist())
+        advantage = sample_reward - np.repeat(greedy_reward, k)
+        loss = self._train_step(
+            tf.constant(grid), tf.constant(sampled), tf.constant(advantage, tf.float32)
+        )
+        return {
+            "step": step + 1,
+            "sample_reward": float(sample_reward.mean()),
+            "greedy_reward": float(greedy_reward.mean()),
+            "loss": float(loss),
+        }
+
+    # ---------------------------------------------------------------- validation
+
+    def validate(self) -> dict[str, Any]:
+        """Greedy captions of the validation images: CIDEr-D (train frequencies) and habits."""
+        texts: dict[str, str] = {}
+        grid, names = self.data.val_grid, self.data.val_names
+        for start in range(0, len(names), 100):
+            ids = self.decoder.greedy(grid[start : start + 100])
+            for name, row in zip(
+                names[start : start + 100], words(self.data.vocab, ids), strict=True
+            ):
+                texts[name] = " ".join(row)
+        refs = self.data.val_refs
+        scores = [self.cider.score(texts[n].split(), [r.split() for r in refs[n]]) for n in names]
+        habits = caption_habits(texts, refs).to_dict()
+        return {"step": self.state.step, "cider_d": float(np.mean(scores)), **habits}
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _checkpoint(self) -> None:
+        root = self.run_dir / CHECKPOINTS
+        final = root / f"step-{self.state.step:06d}"
+        tmp = root / f".tmp-{final.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.model.save_weights(tmp / "model.weights.h5")
+        np.savez(tmp / "optimizer.npz", *[np.asarray(v) for v in self.optimizer.variables])
+        if (self.run_dir / BEST_WEIGHTS_FILE).exists():
+            shutil.copy2(self.run_dir / BEST_WEIGHTS_FILE, tmp / BEST_WEIGHTS_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=2))  # last
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in root.glob("step-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _restore(self, ckpt: Path) -> None:
+        self.state = ScstState.from_json(json.loads((ckpt / STATE_FILE).read_text()))
+        self.model.load_weights(ckpt / "model.weights.h5")
+        with np.load(ckpt / "optimizer.npz") as saved:
+            values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        for variable, value in zip(self.optimizer.variables, values, strict=True):
+            variable.assign(value)
+        if (ckpt / BEST_WEIGHTS_FILE).exists():
+            shutil.copy2(ckpt / BEST_WEIGHTS_FILE, self.run_dir / BEST_WEIGHTS_FILE)
+
+    def _keep_if_best(self, row: dict[str, Any]) -> None:
+        self.state.validation.append(row)
+        if row["cider_d"] > self.state.best_cider:
+            self.state.best_cider, self.state.best_step = row["cider_d"], row["step"]
+            tmp = self.run_dir / f".{BEST_WEIGHTS_FILE}.tmp.weights.h5"
+            self.model.save_weights(tmp)
+            os.replace(tmp, self.run_dir / BEST_WEIGHTS_FILE)
+
+    def _record(self) -> None:
+        self._checkpoint()
+        _write_json(self.run_dir / SCST_FILE, {"config": asdict(self.cfg), **asdict(self.state)})
+        from training.plots import plot_scst
+
+        plot_scst(self.state.steps, self.state.validation, self.run_dir / CURVES_FILE)
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self) -> ScstState:
+        if self.state.step == 0 and not self.state.validation:
+            self._keep_if_best(self.validate())  # the starting point is a candidate too
+            log.info("start: val CIDEr-D %.4f", self.state.best_cider)
+        total = self.total_steps
+        with tqdm(
+            total=total, initial=self.state.step, unit="step", desc="scst", file=sys.stderr
+        ) as bar:
+            while self.state.step < total:
+                started = time.monotonic()
+                row = self.step(self.state.step)
+                row["seconds"] = round(time.monotonic() - started, 3)
+                self.state.steps.append(row)
+                self.state.step += 1
+                bar.update(1)
+                bar.set_postfix(
+                    reward=f"{row['sample_reward']:.3f}", greedy=f"{row['greedy_reward']:.3f}"
+                )
+                if self.state.step % self.cfg.eval_every == 0 or self.state.step == total:
+                    validation = self.validate()
+                    self._keep_if_best(validation)
+                    log.info(
+                        "step %d: val CIDEr-D %.4f, repeated bigrams %.3f, dangling %.3f",
+                        self.state.step,
+                        validation["cider_d"],
+                        validation["repeated_bigram"],
+                        validation["dangling_end"],
+                    )
+                    self._record()
+        log.info("best step %d, val CIDEr-D %.4f", self.state.best_step, self.state.best_cider)
+        return self.state
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training scst",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--from", dest="init_run", required=True, help="attention run to start from"
+    )
+    parser.add_argument("--run-dir", required=True, help="output run folder")
+    defaults = ScstConfig()
+    for name in ("data_dir", "cache_dir"):
+        parser.add_argument("--" + name.replace("_", "-"), default=None)
+    for name in ("epochs", "batch_images", "samples", "eval_every", "seed"):
+        parser.add_argument(
+            "--" + name.replace("_", "-"), type=int, default=getattr(defaults, name)
+        )
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    resume = args.pop("resume")
+    cfg = ScstConfig.from_dict(args)
+    keras.utils.set_random_seed(cfg.seed)
+    state = Trainer(cfg, resume=resume).run()
+    print(
+        json.dumps(
+            {"run_dir": cfg.run_dir, "best_step": state.best_step, "best_cider_d": state.best_cider}
+        )
+    )
+    return 0
