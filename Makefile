@@ -9,7 +9,7 @@ RUN_DIR ?= runs/default
 BUNDLE_DIR ?= models/default
 PYTEST_ARGS ?=
 
-.PHONY: help install install-serve serve test test-deps check lint typecheck features train export model model-merge bench clean
+.PHONY: help install install-serve serve test test-deps check lint typecheck features train export model model-ensemble model-merge bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,27 +47,39 @@ train: install ## train a caption model into $(RUN_DIR)
 export: install ## turn $(RUN_DIR) into a bundle in $(BUNDLE_DIR)
 	$(PY) -m export --run-dir $(RUN_DIR) --out $(BUNDLE_DIR)
 
-# models/default (docs/model-card.md): two attention LSTM decoders (Bahdanau attention over the
-# 7x7 EfficientNet-Lite0 grid; seeds 42 and 7) on the cached features, exported as one ensemble
-# step decoder (probabilities averaged, weights stored as float16) with both decoders' per-image
-# projections folded into the encoder graph and an int8 encoder, then scored once on the test split.
-# models/merge: the 1.0.0 default, three merge decoders on the pooled vector exported as one
-# ensemble step decoder (serve it with CAPTION_BUNDLE_DIR=models/merge).
+# models/default 3.0.0 (docs/model-card.md): one attention LSTM decoder (Bahdanau attention over
+# the 7x7 EfficientNet-Lite0 grid) distilled from models/ensemble (word-level top-8 soft targets
+# plus the ensemble's beam caption of each train image), then fine-tuned for CIDEr-D with
+# self-critical sequence training; exported with float16 decoder weights and an int8 encoder,
+# then scored (test beam 3 and greedy, validation, int8).
+# models/ensemble: the 2.1.0 default and the teacher, two attention decoders (seeds 42 and 7)
+# averaged in one step decoder (serve it with CAPTION_BUNDLE_DIR=models/ensemble).
+# models/merge: the 1.0.0 default, three merge decoders on the pooled vector.
 # --resume makes each training step idempotent (a finished run is kept, an interrupted one
 # continues).
 MODEL_RUNS ?= runs/model
+TEACHER ?= models/ensemble
 MEMBERS := $(MODEL_RUNS)/add $(MODEL_RUNS)/add-ls $(MODEL_RUNS)/concat-ls
 ATTENTION_MEMBERS := $(MODEL_RUNS)/attention $(MODEL_RUNS)/attention-s7
 TRAIN_MODEL := $(PY) -m training train --data-dir $(DATA_DIR) --resume
 TRAIN_ATTENTION := $(TRAIN_MODEL) --decoder attention --epochs 14 --patience 2 --label-smoothing 0.1
 
-model: install ## reproduce models/default: train 2 attention decoders, export the ensemble (+int8), score
+model: install ## reproduce models/default: distil models/ensemble into one decoder, SCST, export, score
+	$(TRAIN_ATTENTION) --run-dir $(MODEL_RUNS)/distilled --epochs 11 --teacher $(TEACHER) \
+		--teacher-captions
+	$(PY) -m training scst --resume --from $(MODEL_RUNS)/distilled --run-dir $(MODEL_RUNS)/scst \
+		--data-dir $(DATA_DIR) $(SCST_ARGS)
+	$(PY) -m export --run-dir $(MODEL_RUNS)/scst --out $(BUNDLE_DIR) --name default \
+		--version 3.0.0 --force --no-keras-weights --decoder-weights float16 --quantize int8 \
+		--data-dir $(DATA_DIR) --evaluate --eval-out $(MODEL_RUNS)/test-eval
+	$(PY) -m training.attention_report figures --bundle $(BUNDLE_DIR) --out docs
+
+model-ensemble: install ## reproduce models/ensemble (the teacher): train 2 attention decoders, export the ensemble
 	$(TRAIN_ATTENTION) --run-dir $(MODEL_RUNS)/attention
 	$(TRAIN_ATTENTION) --run-dir $(MODEL_RUNS)/attention-s7 --seed 7
-	$(PY) -m export --run-dir $(ATTENTION_MEMBERS) --out $(BUNDLE_DIR) --name default \
+	$(PY) -m export --run-dir $(ATTENTION_MEMBERS) --out models/ensemble --name ensemble \
 		--version 2.1.0 --force --no-keras-weights --decoder-weights float16 --quantize int8 \
 		--data-dir $(DATA_DIR) --evaluate --eval-out $(MODEL_RUNS)/attention-test-eval
-	$(PY) -m training.attention_report figures --bundle $(BUNDLE_DIR) --out docs
 
 model-merge: install ## reproduce models/merge: train 3 merge decoders, export the ensemble, score
 	$(TRAIN_MODEL) --run-dir $(MODEL_RUNS)/add

@@ -100,6 +100,7 @@ class TrainConfig:
     teacher: str | None = None  # bundle to distil (word level: its top-k next-word distribution)
     kd_weight: float = 0.5  # with --teacher: the loss's share that follows the teacher (rest: CE)
     kd_top_k: int = 8  # with --teacher: teacher words kept per position (cached compactly)
+    kd_temperature: float = 1.0  # with --teacher: soften teacher and student by this (Hinton's T)
     teacher_captions: bool = False  # with --teacher: its beam caption per train image as a target
 
     def __post_init__(self) -> None:
@@ -121,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"kd_weight must be in [0, 1], got {self.kd_weight}")
         if self.kd_top_k < 1:
             raise ValueError(f"kd_top_k must be >= 1, got {self.kd_top_k}")
+        if self.kd_temperature <= 0:
+            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
         if self.teacher_captions and not self.teacher:
             raise ValueError("--teacher-captions needs --teacher")
 
@@ -298,26 +301,38 @@ class MaskedCrossEntropy(keras.losses.Loss):  # type: ignore[misc]
 
 class DistilledCrossEntropy(keras.losses.Loss):  # type: ignore[misc]
     """Knowledge distillation (Hinton et al. 2015, word level): per token,
-    ``(1 - w) * CE(reference) + w * CE(teacher's top-k distribution, renormalised)``, averaged
-    over real tokens. The second term is the KL divergence to the teacher up to a constant; a
-    position without teacher mass (validation) keeps only the first. Targets are packed by
-    ``make_dataset`` as [target id, k teacher ids, k probabilities]."""
+    ``(1 - w) * CE(reference) + w * T^2 * CE(teacher_T, student_T)``, averaged over real tokens,
+    where ``teacher_T`` is the teacher's top-k distribution raised to ``1 / T`` and renormalised
+    and ``student_T`` the softmax of the student's logits over ``T``. The second term is the KL
+    divergence to the teacher up to a constant; ``T`` > 1 shows the student how the teacher ranks
+    the words it did not pick (``T^2`` keeps the gradient's scale). A position without teacher
+    mass (validation) keeps only the first term. Targets are packed by ``make_dataset`` as
+    [target id, k teacher ids, k probabilities]."""
 
     def __init__(
-        self, label_smoothing: float, kd_weight: float, top_k: int, name: str = "distilled_ce"
+        self,
+        label_smoothing: float,
+        kd_weight: float,
+        top_k: int,
+        temperature: float = 1.0,
+        name: str = "distilled_ce",
     ) -> None:
         super().__init__(name=name, reduction="mean_with_sample_weight")
         self.label_smoothing, self.kd_weight, self.top_k = label_smoothing, kd_weight, top_k
+        self.temperature = temperature
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         ops = keras.ops
         ce = _token_losses(y_true[..., 0], y_pred, self.label_smoothing)
-        logprobs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        t = self.temperature
+        logprobs = ops.log_softmax(ops.cast(y_pred, "float32") / t, axis=-1)
         ids = ops.cast(y_true[..., 1 : 1 + self.top_k], "int32")
         probs = y_true[..., 1 + self.top_k :]
         mass = ops.sum(probs, axis=-1, keepdims=True)
-        probs = probs / ops.maximum(mass, 1e-6)
-        kd = -ops.sum(probs * ops.take_along_axis(logprobs, ids, axis=-1), axis=-1)
+        if t != 1.0:
+            probs = ops.power(probs, 1.0 / t)
+        probs = probs / ops.maximum(ops.sum(probs, axis=-1, keepdims=True), 1e-12)
+        kd = -(t * t) * ops.sum(probs * ops.take_along_axis(logprobs, ids, axis=-1), axis=-1)
         weight = self.kd_weight * ops.cast(ops.squeeze(mass, -1) > 0, "float32")
         return (1.0 - weight) * ce + weight * kd
 
@@ -582,7 +597,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Pat
                 lr = keras.optimizers.schedules.CosineDecay(cfg.lr, cfg.epochs * steps, alpha=0.05)
             loss: keras.losses.Loss = MaskedCrossEntropy(cfg.label_smoothing)
             if cfg.teacher:
-                loss = DistilledCrossEntropy(cfg.label_smoothing, cfg.kd_weight, cfg.kd_top_k)
+                loss = DistilledCrossEntropy(
+                    cfg.label_smoothing, cfg.kd_weight, cfg.kd_top_k, cfg.kd_temperature
+                )
             model.compile(
                 optimizer=keras.optimizers.Adam(lr),
                 loss=loss,

@@ -87,6 +87,15 @@ def test_distilled_loss_is_the_reference_ce_without_teacher_mass() -> None:
     expected = ((0.5 * smoothed - 0.5 * logq[..., 7]) * weights).sum() / weights.sum()
     assert float(kd(packed, logits, weights)) == pytest.approx(expected, rel=1e-5)
 
+    # temperature 2: both distributions softened, the KD term scaled by T^2 = 4
+    packed[..., 2], packed[..., 3:] = 3, [0.64, 0.16]  # to the power 1/2: 0.8, 0.4 -> 2/3, 1/3
+    soft = np.array([0.8, 0.4]) / 1.2
+    logq2 = logits / 2 - np.log(np.exp(logits / 2).sum(-1, keepdims=True))
+    kd_term = -4 * (soft[0] * logq2[..., 7] + soft[1] * logq2[..., 3])
+    expected = ((0.5 * smoothed + 0.5 * kd_term) * weights).sum() / weights.sum()
+    warm = DistilledCrossEntropy(0.1, kd_weight=0.5, top_k=2, temperature=2.0)
+    assert float(warm(packed, logits, weights)) == pytest.approx(expected, rel=1e-5)
+
 
 def test_teacher_targets_follow_the_teacher_decoder(
     teacher_bundle: Path, source_run: Path, flickr8k_dir: Path
