@@ -13,10 +13,11 @@ probability the gradient changes, and the run is a pure function of its inputs a
 Every ``eval_every`` steps the greedy captions of the validation images are scored (CIDEr-D with
 the train frequencies, plus ``training.caption_habits``: repeated bigrams, dangling endings,
 diversity, length, gender words), the best weights by that CIDEr-D are kept as
-``best.weights.h5``, and an atomic checkpoint is written (``checkpoints/step-NNNNNN``: weights,
-optimizer, ``state.json`` last). The images of epoch ``e`` come in an order fixed by ``(seed,
-e)`` and the samples of step ``s`` by ``(seed, s)``, so ``--resume`` after SIGKILL replays the
-interrupted steps exactly.
+``best.weights.h5`` (only from points whose shares of dangling endings and repeated bigrams have
+not risen past ``max_dangling_rise`` / ``max_repeat_rise``), and an atomic checkpoint is
+written (``checkpoints/step-NNNNNN``: weights, optimizer, ``state.json`` last). The images of
+epoch ``e`` come in an order fixed by ``(seed, e)`` and the samples of step ``s`` by ``(seed,
+s)``, so ``--resume`` after SIGKILL replays the interrupted steps exactly.
 
 The output folder is a run folder (``config.json``, ``vocab.json``, ``best.weights.h5``,
 ``history.json`` of the cross-entropy run it started from) that ``python -m export`` reads, plus
@@ -77,6 +78,8 @@ class ScstConfig:
     eval_every: int = 50  # steps between validation scores, best-weight checks and checkpoints
     seed: int = 42  # image order per epoch and the samples of each step
     limit: int | None = None  # use only the first N official train images (tests)
+    max_dangling_rise: float = 0.01  # a point whose share of dangling endings rose more is not kept
+    max_repeat_rise: float = 0.05  # same for the share of captions with a repeated bigram
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScstConfig:
@@ -355,8 +358,16 @@ class Trainer:
             shutil.copy2(ckpt / BEST_WEIGHTS_FILE, self.run_dir / BEST_WEIGHTS_FILE)
 
     def _keep_if_best(self, row: dict[str, Any]) -> None:
+        """Keep the weights of the best validation point that does not game CIDEr-D: SCST learns
+        to end captions on "with a" or to repeat phrases when that pays, so a point whose
+        shares of those rose past the limits over the starting point's is never kept."""
+        start = self.state.validation[0] if self.state.validation else row
+        row["eligible"] = bool(
+            row["dangling_end"] <= start["dangling_end"] + self.cfg.max_dangling_rise
+            and row["repeated_bigram"] <= start["repeated_bigram"] + self.cfg.max_repeat_rise
+        )
         self.state.validation.append(row)
-        if row["cider_d"] > self.state.best_cider:
+        if row["eligible"] and row["cider_d"] > self.state.best_cider:
             self.state.best_cider, self.state.best_step = row["cider_d"], row["step"]
             tmp = self.run_dir / f".{BEST_WEIGHTS_FILE}.tmp.weights.h5"
             self.model.save_weights(tmp)
@@ -422,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
+    for name in ("lr", "max_dangling_rise", "max_repeat_rise"):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=float, default=getattr(defaults, name))
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     return parser
 

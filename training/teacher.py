@@ -170,6 +170,7 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
     try:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)  # type: ignore[arg-type]
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared data
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
