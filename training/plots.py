@@ -42,7 +42,7 @@ def plot_history(
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_yscale("log")
     ax_lr.grid(alpha=0.3)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_scst(
@@ -83,16 +83,16 @@ def plot_scst(
     lines = ax_val.get_legend_handles_labels()
     shares = ax_share.get_legend_handles_labels()
     ax_val.legend(lines[0] + shares[0], lines[1] + shares[1], loc="lower right")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
     """Write ``fig`` to ``path`` atomically and release it."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, path)
     return path

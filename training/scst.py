@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from service.vocabulary import Vocabulary
-from training import paths
+from training import checkpoints, paths
 from training.attention import AttentionConfig
 from training.attention import build_training_model as build_attention_model
 from training.caption_habits import caption_habits
@@ -62,7 +62,6 @@ log = logging.getLogger("training.scst")
 SCST_FILE = "scst.json"
 CURVES_FILE = "scst_curves.png"
 CHECKPOINTS = "checkpoints"
-STATE_FILE = "state.json"
 
 
 @dataclass
@@ -137,17 +136,6 @@ def _load_data(cfg: ScstConfig, source: TrainConfig, scratch: Path) -> _Data:
     )
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _latest(run_dir: Path) -> Path | None:
-    done = sorted((run_dir / CHECKPOINTS).glob(f"step-[0-9]*/{STATE_FILE}"))
-    return done[-1].parent if done else None
-
-
 class Trainer:
     """One SCST run: data, model, optimizer, and the step / validate / checkpoint loop."""
 
@@ -163,7 +151,7 @@ class Trainer:
             if (source_dir / name).exists():
                 shutil.copy2(source_dir / name, self.run_dir / name)
         config = json.loads((self.run_dir / CONFIG_FILE).read_text())
-        _write_json(self.run_dir / CONFIG_FILE, {**config, "scst": asdict(cfg)})
+        checkpoints.write_json(self.run_dir / CONFIG_FILE, {**config, "scst": asdict(cfg)})
 
         with tempfile.TemporaryDirectory() as scratch:  # prepare() writes a vocabulary
             self.data = _load_data(cfg, self.source, Path(scratch))
@@ -175,7 +163,7 @@ class Trainer:
         vocab = self.data.vocab
         self.decoder = Decoder(self.model, self.source.max_length, vocab.start_id, vocab.end_id)
         self.state = ScstState()
-        ckpt = _latest(self.run_dir) if resume else None
+        ckpt = checkpoints.latest(self.run_dir / CHECKPOINTS, "step") if resume else None
         if ckpt is not None:
             self._restore(ckpt)
             log.info("resuming from step %d (checkpoint %s)", self.state.step, ckpt.name)
@@ -253,31 +241,24 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
 
     def _checkpoint(self) -> None:
-        root = self.run_dir / CHECKPOINTS
-        final = root / f"step-{self.state.step:06d}"
-        tmp = root / f".tmp-{final.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.model.save_weights(tmp / "model.weights.h5")
-        np.savez(tmp / "optimizer.npz", *[np.asarray(v) for v in self.optimizer.variables])
-        if (self.run_dir / BEST_WEIGHTS_FILE).exists():
-            shutil.copy2(self.run_dir / BEST_WEIGHTS_FILE, tmp / BEST_WEIGHTS_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=2))  # last
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in root.glob("step-*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        checkpoints.save(
+            self.run_dir / CHECKPOINTS,
+            "step",
+            f"{self.state.step:06d}",
+            model=self.model,
+            optimizer=self.optimizer,
+            state=asdict(self.state),
+            best_weights=self.run_dir / BEST_WEIGHTS_FILE,
+        )
 
     def _restore(self, ckpt: Path) -> None:
-        self.state = ScstState.from_json(json.loads((ckpt / STATE_FILE).read_text()))
-        self.model.load_weights(ckpt / "model.weights.h5")
-        with np.load(ckpt / "optimizer.npz") as saved:
-            values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-        for variable, value in zip(self.optimizer.variables, values, strict=True):
-            variable.assign(value)
-        if (ckpt / BEST_WEIGHTS_FILE).exists():
-            shutil.copy2(ckpt / BEST_WEIGHTS_FILE, self.run_dir / BEST_WEIGHTS_FILE)
+        saved = checkpoints.restore(
+            ckpt,
+            model=self.model,
+            optimizer=self.optimizer,
+            best_weights=self.run_dir / BEST_WEIGHTS_FILE,
+        )
+        self.state = ScstState.from_json(saved)
 
     def _keep_if_best(self, row: dict[str, Any]) -> None:
         """Keep the weights of the best validation point that does not game CIDEr-D: SCST learns
@@ -297,7 +278,9 @@ class Trainer:
 
     def _record(self) -> None:
         self._checkpoint()
-        _write_json(self.run_dir / SCST_FILE, {"config": asdict(self.cfg), **asdict(self.state)})
+        checkpoints.write_json(
+            self.run_dir / SCST_FILE, {"config": asdict(self.cfg), **asdict(self.state)}
+        )
         from training.plots import plot_scst
 
         plot_scst(self.state.steps, self.state.validation, self.run_dir / CURVES_FILE)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from training.plots import save_figure
 from training.scst import SCST_FILE
 
 SMOOTHING = 25
@@ -58,12 +58,7 @@ def plot_runs(runs: Sequence[Path], out: Path) -> Path:
         bottom.set_ylim(bottom=0)
         bottom.legend(fontsize="small")
         bottom.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_figure(fig, out, dpi=90)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training import paths
+from training import checkpoints, paths
 from training.attention import AttentionConfig
 from training.attention import build_training_model as build_attention_model
 from training.data import image_dir, load_captions, load_split, train_val_split
@@ -60,7 +60,6 @@ log = logging.getLogger("training.train")
 HISTORY_FILE = "history.json"
 CURVES_FILE = "loss_curves.png"
 CHECKPOINTS = "checkpoints"
-STATE_FILE = "state.json"  # written last into a checkpoint: its presence marks it complete
 MIN_DELTA = 1e-4  # a validation gain smaller than this counts as no improvement
 MIN_LR = 1e-6  # the plateau schedule never cuts the learning rate below this
 
@@ -418,14 +417,7 @@ class RunState:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    done = sorted((run_dir / CHECKPOINTS).glob(f"epoch-[0-9][0-9][0-9][0-9]/{STATE_FILE}"))
-    return done[-1].parent if done else None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    return checkpoints.latest(run_dir / CHECKPOINTS, "epoch")
 
 
 class RunKeeper(keras.callbacks.Callback):  # type: ignore[misc]
@@ -462,28 +454,26 @@ class RunKeeper(keras.callbacks.Callback):  # type: ignore[misc]
         if self.state.stopped:
             self.model.stop_training = True
         self._checkpoint()
-        _write_json(self.run_dir / HISTORY_FILE, self.state.history_json())
+        checkpoints.write_json(self.run_dir / HISTORY_FILE, self.state.history_json())
         history = [asdict(e) for e in self.state.history]
         plot_history(history, self.run_dir / CURVES_FILE, self.cfg.label_smoothing)
 
     def _checkpoint(self) -> None:
-        root = self.run_dir / CHECKPOINTS
-        final = root / f"epoch-{self.state.epoch:04d}"
-        tmp = root / f".tmp-{final.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.model.save_weights(tmp / "model.weights.h5")
-        optimizer_vars = [keras.ops.convert_to_numpy(v) for v in self.model.optimizer.variables]
-        np.savez(tmp / "optimizer.npz", *optimizer_vars)
-        np.savez(tmp / "rng.npz", *[keras.ops.convert_to_numpy(v) for v in _rng_state(self.model)])
-        if (self.run_dir / BEST_WEIGHTS_FILE).exists():
-            shutil.copy2(self.run_dir / BEST_WEIGHTS_FILE, tmp / BEST_WEIGHTS_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps(self.state.to_json(), indent=2))  # last
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in root.glob("epoch-*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        def save_rng(folder: Path) -> None:
+            np.savez(
+                folder / "rng.npz", *[keras.ops.convert_to_numpy(v) for v in _rng_state(self.model)]
+            )
+
+        checkpoints.save(
+            self.run_dir / CHECKPOINTS,
+            "epoch",
+            f"{self.state.epoch:04d}",
+            model=self.model,
+            optimizer=self.model.optimizer,
+            state=self.state.to_json(),
+            best_weights=self.run_dir / BEST_WEIGHTS_FILE,
+            extra=save_rng,
+        )
 
 
 def _rng_state(model: keras.Model) -> list[Any]:
@@ -494,22 +484,16 @@ def _rng_state(model: keras.Model) -> list[Any]:
 def restore_checkpoint(ckpt: Path, run_dir: Path, model: keras.Model) -> RunState:
     """Load ``ckpt`` into ``model`` (weights, optimizer, dropout RNG) and ``run_dir`` (best
     weights); return its run state."""
-    state = RunState.from_json(json.loads((ckpt / STATE_FILE).read_text()))
-    model.load_weights(ckpt / "model.weights.h5")
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
-    with np.load(ckpt / "optimizer.npz") as saved:
-        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    if len(values) != len(optimizer.variables):
-        raise ValueError(f"{ckpt}: optimizer state does not match the model")
-    for variable, value in zip(optimizer.variables, values, strict=True):
-        variable.assign(value)
+    saved = checkpoints.restore(
+        ckpt, model=model, optimizer=optimizer, best_weights=run_dir / BEST_WEIGHTS_FILE
+    )
+    state = RunState.from_json(saved)
     if (ckpt / "rng.npz").exists():  # checkpoints written before the RNG state was kept lack it
-        with np.load(ckpt / "rng.npz") as saved:
+        with np.load(ckpt / "rng.npz") as rng:
             for i, variable in enumerate(_rng_state(model)):
-                variable.assign(saved[f"arr_{i}"])
-    if (ckpt / BEST_WEIGHTS_FILE).exists():
-        shutil.copy2(ckpt / BEST_WEIGHTS_FILE, run_dir / BEST_WEIGHTS_FILE)
+                variable.assign(rng[f"arr_{i}"])
     return state
 
 
@@ -562,7 +546,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Pat
             merge=cfg.merge,  # type: ignore[arg-type]
             dropout=cfg.dropout,
         )
-    _write_json(
+    checkpoints.write_json(
         config_path,
         {
             **asdict(cfg),
