@@ -9,12 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.train
 
@@ -216,9 +217,13 @@ def test_scst_resumes_after_sigkill_where_an_uninterrupted_run_ends(
             stderr=log,
         )
         first = run_dir / "checkpoints" / "step-000004" / "state.json"
-        deadline = time.monotonic() + 240
-        while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # stop waiting if the run dies: its log says why
+        wait_until(
+            lambda: first.exists() or proc.poll() is not None,
+            what="the first SCST checkpoint",
+            timeout=240,
+            interval=0.02,
+        )
         assert first.exists(), log_path.read_text()[-3000:]
         assert proc.poll() is None, "the run finished before it could be killed"
         proc.send_signal(signal.SIGKILL)
